@@ -1,0 +1,1 @@
+"""The eStargz / legacy stargz / zstd:chunked format: pure, no network, no FUSE."""
