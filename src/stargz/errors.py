@@ -15,6 +15,9 @@ Every error the package raises on purpose is a :class:`StargzError`, so a caller
     ├── BuildError                  a layer can not be converted (bad tar, missing prioritized file)
     ├── UnsafePathError             a path would land outside the root it is extracted to
     ├── NotFoundError               no such entry / manifest / blob
+    ├── AlreadyExistsError          a snapshot (key or name) that already exists
+    ├── FailedPreconditionError     its state forbids it (remove with children, commit a view)
+    ├── InvalidArgumentError        a request that makes no sense (bad filter, parent not committed)
     ├── RegistryError               the registry could not give what was asked
     │   ├── AuthError               wrong or missing credentials, token service refused
     │   ├── InvalidReference      a malformed image reference
@@ -77,6 +80,18 @@ class UnsafePathError(StargzError):
 
 class NotFoundError(StargzError):
     """No such entry, manifest or blob."""
+
+
+class AlreadyExistsError(StargzError):
+    """The snapshot (or other named object) already exists."""
+
+
+class FailedPreconditionError(StargzError):
+    """The object exists but its state forbids the operation."""
+
+
+class InvalidArgumentError(StargzError):
+    """A request argument that does not make sense (bad filter, wrong parent kind)."""
 
 
 class RegistryError(StargzError):
