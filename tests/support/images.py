@@ -1,0 +1,241 @@
+"""Real test inputs, built once and cached: a tiny busybox rootfs, a debootstrap python3 rootfs.
+
+Everything lands in the test cache (``$STARGZ_TEST_CACHE``, default ``/var/cache/stargz-tests``).
+Builds happen in a temporary directory inside the cache and are renamed into place, under a file
+lock, so concurrent or interrupted runs never see half a file. Needs root (mknod, chroot, xattrs).
+
+    busybox_rootfs_tar()       ~2 MB tar: busybox-static, applet symlinks, hardlinks, a fifo,
+                               a char device, xattrs, setuid/setgid/sticky modes, an empty file
+    debian_python_rootfs_tar() ~170 MB tar: debootstrap bookworm minbase + python3 (slow: ~1 min)
+    extract_tar(tar, dest)     unpack one of them (GNU tar, keeps owners, xattrs, devices)
+    make_oci_image(rootfs, layout, tag)  an OCI image layout (umoci) from a rootfs directory
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+DEFAULT_CACHE = Path("/var/cache/stargz-tests")
+# Bump a recipe's version when its contents change, so stale cached copies are not reused.
+BUSYBOX_TAR = "busybox-rootfs-v1.tar"
+DEBIAN_TAR = "bookworm-python3-rootfs-v1.tar"
+FIXED_MTIME = 1_700_000_000  # deterministic tars: same recipe, same bytes
+
+
+def cache_dir() -> Path:
+    path = Path(os.environ.get("STARGZ_TEST_CACHE") or DEFAULT_CACHE)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def _locked(name: str) -> Iterator[None]:
+    with open(cache_dir() / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def cached_file(name: str, build: Callable[[Path, Path], None]) -> Path:
+    """The cached file `name`, calling ``build(workdir, out)`` to make it when it is missing.
+
+    ``build`` writes ``out``; ``workdir`` is scratch space removed afterwards.
+    """
+    final = cache_dir() / name
+    if final.exists():
+        return final
+    with _locked(name):
+        if final.exists():  # another process built it while we waited
+            return final
+        with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=f".build-{name}-") as tmp:
+            out = Path(tmp) / name
+            build(Path(tmp) / "work", out)
+            os.replace(out, final)
+    return final
+
+
+def tar_directory(root: Path, out: Path) -> None:
+    """Pack `root`'s contents (names without a ./ prefix, like registry layers) as a PAX tar.
+
+    Owners are numeric, mtimes fixed, xattrs kept as SCHILY.xattr PAX records; hardlinks are
+    recorded as such (tarfile tracks inodes). Sockets are skipped, as tar tools do.
+    """
+
+    def normalize(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.mtime = FIXED_MTIME
+        info.uname = info.gname = ""
+        if not info.islnk():
+            records = dict(info.pax_headers)
+            for key, value in _xattrs(root / info.name).items():
+                # tarfile encodes PAX values as UTF-8 text; our test xattrs are text.
+                records[f"SCHILY.xattr.{key}"] = value.decode("utf-8", "surrogateescape")
+            info.pax_headers = records
+        return info
+
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(os.listdir(root)):
+            tar.add(root / name, arcname=name, filter=normalize)
+
+
+def _xattrs(path: Path) -> dict[str, bytes]:
+    if path.is_symlink():
+        return {}
+    try:
+        names = os.listxattr(path)
+    except OSError:
+        return {}
+    return {n: os.getxattr(path, n) for n in sorted(names) if not n.startswith("security.")}
+
+
+def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    os.chmod(path, mode)
+
+
+def populate_busybox_rootfs(root: Path) -> None:
+    """A small runnable rootfs exercising every entry type the format knows."""
+    for d in ("bin", "dev", "etc", "tmp", "usr/share/doc", "var/empty", "srv/data"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy2("/bin/busybox", root / "bin/busybox")
+    os.chmod(root / "bin/busybox", 0o755)
+    applets = subprocess.run(
+        ["/bin/busybox", "--list"], check=True, capture_output=True, text=True
+    ).stdout.split()
+    for applet in applets:
+        if applet not in ("busybox", "su", "ls"):
+            (root / "bin" / applet).symlink_to("busybox")
+    os.link(root / "bin/busybox", root / "bin/ls")  # a hardlink to a 2 MB multi-chunk file
+    _write(root / "bin/su", b"#!/bin/sh\nexec /bin/busybox su \"$@\"\n", 0o4755)
+    _write(root / "etc/motd", b"hello from the stargz busybox test image\n")
+    _write(root / "etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+    _write(root / "etc/group", b"root:x:0:\nstaff:x:50:\n")
+    os.link(root / "etc/motd", root / "etc/motd.hardlink")
+    (root / "etc/motd.symlink").symlink_to("motd")
+    (root / "usr/share/doc/abs-link").symlink_to("/etc/motd")
+    _write(root / "etc/empty.conf", b"")
+    _write(root / "usr/share/doc/sgid-tool", b"#!/bin/sh\n", 0o2755)
+    os.chmod(root / "tmp", 0o1777)
+    os.mkfifo(root / "var/empty/fifo", 0o600)
+    os.mknod(root / "dev/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    _write(root / "srv/data/with-xattrs", b"xattr carrier\n")
+    os.setxattr(root / "srv/data/with-xattrs", "user.stargz.test", b"value-1")
+    os.setxattr(root / "srv/data/with-xattrs", "user.stargz.other", b"")
+    os.setxattr(root / "srv/data", "user.stargz.dir", b"dir-value")
+    # Pseudo-random bytes do not compress: several members per file at small chunk sizes.
+    _write(root / "srv/data/random.bin", _pseudo_random(300_000))
+    _write(root / "srv/data/zeros.bin", bytes(1 << 20))
+    os.chown(root / "srv/data/random.bin", 1000, 50)
+
+
+def _pseudo_random(size: int) -> bytes:
+    import hashlib
+
+    blocks = (hashlib.sha256(i.to_bytes(8, "big")).digest() for i in range(size // 32 + 1))
+    return b"".join(blocks)[:size]
+
+
+def busybox_rootfs_tar() -> Path:
+    def build(work: Path, out: Path) -> None:
+        root = work / "rootfs"
+        root.mkdir(parents=True)
+        populate_busybox_rootfs(root)
+        tar_directory(root, out)
+
+    return cached_file(BUSYBOX_TAR, build)
+
+
+def debian_mirror() -> str:
+    """The Debian mirror apt is configured with (deb822 or one-line format)."""
+    for source in (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list")):
+        if not source.exists():
+            continue
+        for line in source.read_text().splitlines():
+            words = line.split()
+            if words[:1] == ["URIs:"] and not words[1].endswith("-security"):
+                return words[1]
+            if words[:1] == ["deb"] and len(words) > 2 and not words[1].endswith("-security"):
+                return words[1]
+    return "http://deb.debian.org/debian"
+
+
+def build_debian_python_rootfs(root: Path) -> None:
+    """debootstrap bookworm minbase plus python3, apt lists and package cache removed."""
+    subprocess.run(
+        ["debootstrap", "--variant=minbase", "bookworm", str(root), debian_mirror()],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    subprocess.run(["mount", "-t", "proc", "proc", str(root / "proc")], check=True)
+    try:
+        subprocess.run(
+            ["chroot", str(root), "apt-get", "install", "-y", "-q", "--no-install-recommends",
+             "python3"],
+            check=True, stdout=subprocess.DEVNULL,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
+    finally:
+        subprocess.run(["umount", str(root / "proc")], check=True)
+    for junk in ("var/lib/apt/lists", "var/cache/apt/archives"):
+        shutil.rmtree(root / junk, ignore_errors=True)
+        (root / junk / "partial").mkdir(parents=True)
+    for binfile in (root / "var/cache/apt").glob("*.bin"):
+        binfile.unlink()
+
+
+def debian_python_rootfs_tar() -> Path:
+    def build(work: Path, out: Path) -> None:
+        root = work / "rootfs"
+        try:
+            build_debian_python_rootfs(root)
+            tar_directory(root, out)
+        finally:
+            # The temp dir cleanup can not cross a mount left behind by an interrupted build.
+            subprocess.run(["umount", "-l", str(root / "proc")], stderr=subprocess.DEVNULL,
+                           check=False)
+
+    return cached_file(DEBIAN_TAR, build)
+
+
+def extract_tar(tar: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf", str(tar), "-C",
+         str(dest)],
+        check=True,
+    )
+
+
+def make_oci_image(
+    rootfs: Path, layout: Path, tag: str = "latest", cmd: Sequence[str] = ("/bin/sh",)
+) -> str:
+    """An OCI image layout at `layout` holding `rootfs` as one layer; returns ``oci:LAYOUT:TAG``.
+
+    Push it with ``skopeo copy --dest-tls-verify=false oci:LAYOUT:TAG docker://HOST/REPO:TAG``.
+    """
+    image = f"{layout}:{tag}"
+    if not (layout / "index.json").exists():
+        subprocess.run(["umoci", "init", "--layout", str(layout)], check=True)
+    subprocess.run(["umoci", "new", "--image", image], check=True)
+    with tempfile.TemporaryDirectory(prefix="umoci-bundle-") as tmp:
+        bundle = Path(tmp) / "bundle"
+        subprocess.run(["umoci", "unpack", "--image", image, str(bundle)], check=True,
+                       stdout=subprocess.DEVNULL)
+        subprocess.run(["cp", "-a", f"{rootfs}/.", str(bundle / "rootfs")], check=True)
+        subprocess.run(["umoci", "repack", "--image", image, str(bundle)], check=True,
+                       stdout=subprocess.DEVNULL)
+    config = ["umoci", "config", "--image", image]
+    for word in cmd:  # umoci appends each repeated --config.cmd to the command line
+        config += ["--config.cmd", word]
+    subprocess.run(config, check=True)
+    return f"oci:{image}"
