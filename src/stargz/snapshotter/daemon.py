@@ -1,0 +1,173 @@
+"""The snapshotter daemon: ``stargz snapshotter [--config FILE]``.
+
+Serves containerd's Snapshots gRPC API on a unix socket (register it in containerd's config as
+``[proxy_plugins.stargz] type = "snapshot", address = <socket>``, see contrib/) until SIGTERM or
+SIGINT, then stops accepting calls, lets running ones finish briefly and closes the metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import grpc
+
+from stargz.errors import ConfigError, StargzError
+from stargz.snapshotter.api import snapshots_pb2_grpc
+from stargz.snapshotter.remote import RemoteLayers
+from stargz.snapshotter.service import SnapshotsService
+from stargz.snapshotter.snapshotter import Snapshotter
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ADDRESS = Path("/run/stargz/stargz.sock")
+DEFAULT_ROOT = Path("/var/lib/stargz")
+SHUTDOWN_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class SnapshotterConfig:
+    address: Path = DEFAULT_ADDRESS  # unix socket containerd's proxy plugin dials
+    root: Path = DEFAULT_ROOT  # metadata.sqlite and snapshots/ live here
+    log_level: str = "info"
+
+
+def load_config(path: Path | None) -> SnapshotterConfig:
+    """Read the ``[snapshotter]`` table (keys ``address``, ``root``, ``log_level``) of a TOML file.
+
+    Unknown keys are refused, so a typo does not silently leave a default in place."""
+    if path is None:
+        return SnapshotterConfig()
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as err:
+        raise ConfigError(f"can not read config {path}: {err.strerror}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config {path} is not valid TOML: {err}") from None
+    table = data.get("snapshotter", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"config {path}: [snapshotter] must be a table")
+    unknown = sorted(set(table) - {"address", "root", "log_level"})
+    if unknown:
+        raise ConfigError(f"config {path}: unknown [snapshotter] keys: {', '.join(unknown)}")
+    config = SnapshotterConfig()
+    if "address" in table:
+        config = replace(config, address=_absolute_path(path, "address", table["address"]))
+    if "root" in table:
+        config = replace(config, root=_absolute_path(path, "root", table["root"]))
+    if "log_level" in table:
+        config = replace(config, log_level=_log_level(str(table["log_level"])))
+    return config
+
+
+def _absolute_path(config_path: Path, key: str, value: object) -> Path:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ConfigError(f"config {config_path}: [snapshotter] {key} must be an absolute path")
+    return Path(value)
+
+
+def _log_level(name: str) -> str:
+    if name.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"log level {name!r} is not one of debug, info, warning, error")
+    return name.lower()
+
+
+async def serve(config: SnapshotterConfig, remote: RemoteLayers | None = None) -> None:
+    """Serve until SIGTERM/SIGINT. ``remote`` is the lazy-layer hook (None: always fall back)."""
+    snapshotter = Snapshotter(config.root, remote)
+    try:
+        await snapshotter.restore_remote()
+        server = grpc.aio.server()
+        servicer = SnapshotsService(snapshotter)
+        # the generated registration function carries no annotations
+        snapshots_pb2_grpc.add_SnapshotsServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+        _prepare_socket(config.address)
+        server.add_insecure_port(f"unix://{config.address}")
+        await server.start()
+        log.info("serving containerd snapshots on %s (root %s)", config.address, config.root)
+        await _wait_for_signal()
+        log.info("shutting down")
+        await server.stop(SHUTDOWN_GRACE_S)
+    finally:
+        snapshotter.close()
+        config.address.unlink(missing_ok=True)
+
+
+def _prepare_socket(address: Path) -> None:
+    address.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+    if address.is_socket():
+        address.unlink()  # left by a daemon that did not stop cleanly
+    elif address.exists():
+        raise ConfigError(f"socket path {address} exists and is not a socket")
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def run(config: SnapshotterConfig, remote: RemoteLayers | None = None) -> None:
+    """Run the daemon in this process until a signal stops it."""
+    if os.geteuid() != 0:
+        log.warning("not running as root: overlay and bind mounts will fail in containerd")
+    asyncio.run(serve(config, remote))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stargz snapshotter", description="containerd remote snapshotter for eStargz"
+    )
+    parser.add_argument("--config", type=Path, help="TOML file with a [snapshotter] table")
+    parser.add_argument("--address", type=Path, help=f"unix socket (default {DEFAULT_ADDRESS})")
+    parser.add_argument("--root", type=Path, help=f"state directory (default {DEFAULT_ROOT})")
+    parser.add_argument("--log-level", help="debug, info, warning or error")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> SnapshotterConfig:
+    """The config file, with command-line flags taking precedence."""
+    config = load_config(args.config)
+    if args.address is not None:
+        config = replace(config, address=args.address.absolute())
+    if args.root is not None:
+        config = replace(config, root=args.root.absolute())
+    if args.log_level is not None:
+        config = replace(config, log_level=_log_level(args.log_level))
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        logging.basicConfig(
+            level=config.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        run(config)
+    except StargzError as err:
+        print(f"stargz snapshotter: {err}", file=sys.stderr)
+        return 2 if isinstance(err, ConfigError) else 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
