@@ -14,6 +14,7 @@ from typing import Literal
 from zlib_ng import zlib_ng
 
 from stargz.errors import ExternalTOCError, FooterError
+from stargz.estargz.compression import ZLIB_ERROR
 
 ESTARGZ_FOOTER_SIZE = 51
 LEGACY_FOOTER_SIZE = 47
@@ -53,10 +54,8 @@ class Footer:
     def toc_range(self, blob_size: int) -> tuple[int, int]:
         """[start, end) of the compressed TOC in a blob of ``blob_size`` bytes (validated)."""
         footer_start = blob_size - self.footer_size
-        if self.kind == "zstd-chunked":
-            end = self.toc_offset + self.toc_length
-        else:
-            end = footer_start
+        zstd = self.kind == "zstd-chunked"
+        end = self.toc_offset + self.toc_length if zstd else footer_start
         if footer_start < 0 or self.toc_offset < 0 or self.toc_offset >= end or end > footer_start:
             raise FooterError(
                 f"{self.kind} footer puts the TOC at [{self.toc_offset}, {end}), "
@@ -145,7 +144,7 @@ def _gzip_footer_extra(footer: bytes) -> bytes:
     inflater = zlib_ng.decompressobj(31)
     try:
         content = inflater.decompress(footer)
-    except zlib_ng.error as err:
+    except ZLIB_ERROR as err:
         raise FooterError(f"footer is not a valid gzip member: {err}") from None
     if content or not inflater.eof or inflater.unused_data:
         raise FooterError("footer gzip member is not empty")
@@ -182,5 +181,5 @@ def _parse_zstd_footer(footer: bytes) -> Footer:
     if kind != ZSTD_MANIFEST_TYPE_CRFS:
         raise FooterError(f"zstd:chunked manifest type {kind} is not supported (want 1)")
     if offset < 8 or compressed == 0:
-        raise FooterError(f"zstd:chunked footer has an impossible TOC position {offset}:{compressed}")
+        raise FooterError(f"zstd:chunked footer has impossible TOC position {offset}:{compressed}")
     return Footer("zstd-chunked", offset, compressed, ZSTD_FOOTER_SIZE, uncompressed)

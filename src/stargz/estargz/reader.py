@@ -1,0 +1,238 @@
+"""Opening a blob: footer + TOC first, file bytes only once the TOC is trusted.
+
+``open_blob`` gives an UnverifiedBlob, which has no way to read file data. Only
+``verify(expected_toc_digest)`` or an explicit, logged ``skip_verification(reason)``
+turns it into a VerifiedBlob, and a VerifiedBlob checks every chunk's digest before
+it hands out a single byte.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import logging
+from collections.abc import Iterator
+
+from stargz.errors import (
+    ChunkDigestMismatch,
+    DecompressionError,
+    FormatError,
+    NotFoundError,
+    TOCDigestMismatch,
+    TOCError,
+)
+from stargz.estargz.chunks import Chunk
+from stargz.estargz.compression import (
+    Compression,
+    decompress_prefix,
+    decompress_upto,
+    gunzip_member,
+)
+from stargz.estargz.footer import SKIPPABLE_FRAME_MAGIC, Footer, parse_footer
+from stargz.estargz.source import RangeSource
+from stargz.estargz.tarstream import BLOCK, parse_number
+from stargz.estargz.toc import (
+    NO_PREFETCH_LANDMARK,
+    PREFETCH_LANDMARK,
+    TOC,
+    TOC_TAR_NAME,
+    TOCEntry,
+    clean_name,
+    parse_toc,
+)
+from stargz.estargz.tocindex import TOCIndex
+
+log = logging.getLogger(__name__)
+
+TAIL_READ = 512 << 10  # one read usually holds footer and TOC together
+MAX_TOC_SIZE = 256 << 20
+
+
+def open_blob(source: RangeSource) -> UnverifiedBlob:
+    """Read the footer and TOC of a blob; structural validation only."""
+    size = source.size
+    tail_len = min(size, TAIL_READ)
+    tail = source.read_at(size - tail_len, tail_len)
+    footer = parse_footer(tail)
+    start, end = footer.toc_range(size)
+    if end - start > MAX_TOC_SIZE:
+        raise TOCError(f"TOC is {end - start} bytes compressed, more than the {MAX_TOC_SIZE} limit")
+    tail_start = size - tail_len
+    if start >= tail_start:
+        compressed = tail[start - tail_start : end - tail_start]
+    else:
+        compressed = source.read_at(start, end - start)
+    if footer.kind == "zstd-chunked":
+        _check_skippable_header(source, footer, tail, tail_start)
+        toc_json = _zstd_toc_json(compressed, footer)
+    else:
+        toc_json = _gzip_toc_json(compressed)
+    toc = parse_toc(toc_json, data_end=footer.data_end)
+    digest = "sha256:" + hashlib.sha256(toc_json).hexdigest()
+    return UnverifiedBlob(source, footer, toc, digest, toc_json)
+
+
+def _gzip_toc_json(compressed: bytes) -> bytes:
+    try:
+        content, _ = gunzip_member(compressed, MAX_TOC_SIZE)
+    except DecompressionError as err:
+        raise TOCError(f"TOC member: {err}") from None
+    if len(content) < BLOCK:
+        raise TOCError("TOC member is too short to hold a tar header")
+    header = content[:BLOCK]
+    name = header[:100].split(b"\x00", 1)[0]
+    if name != TOC_TAR_NAME.encode():
+        raise TOCError(f"TOC tar entry is named {name[:100]!r}, not {TOC_TAR_NAME!r}")
+    try:
+        length = parse_number(header[124:136])
+    except Exception:
+        raise TOCError("TOC tar header has a malformed size") from None
+    if length < 0 or BLOCK + length > len(content):
+        raise TOCError(f"TOC tar entry claims {length} bytes but the member holds fewer")
+    return content[BLOCK : BLOCK + length]
+
+
+def _check_skippable_header(
+    source: RangeSource, footer: Footer, tail: bytes, tail_start: int
+) -> None:
+    at = footer.toc_offset - 8
+    if at >= tail_start:
+        header = tail[at - tail_start : at - tail_start + 8]
+    else:
+        header = source.read_at(at, 8)
+    length = int.from_bytes(header[4:], "little")
+    if header[:4] != SKIPPABLE_FRAME_MAGIC or length != footer.toc_length:
+        raise TOCError("zstd:chunked TOC is not in a skippable frame of the length the footer says")
+
+
+def _zstd_toc_json(compressed: bytes, footer: Footer) -> bytes:
+    want = footer.toc_uncompressed_length
+    if not 0 < want <= MAX_TOC_SIZE:
+        raise TOCError(f"zstd:chunked footer claims a {want}-byte TOC")
+    try:
+        data = decompress_upto("zstd-chunked", compressed, want + 1)
+    except DecompressionError as err:
+        raise TOCError(f"zstd:chunked TOC: {err}") from None
+    if len(data) != want:
+        raise TOCError(f"zstd:chunked TOC is {len(data)} bytes, the footer says {want}")
+    return data
+
+
+class UnverifiedBlob:
+    """A blob whose TOC has been parsed but not yet matched against a trusted digest."""
+
+    def __init__(
+        self, source: RangeSource, footer: Footer, toc: TOC, toc_digest: str, toc_json: bytes
+    ) -> None:
+        self._source = source
+        self.footer = footer
+        self.toc = toc
+        self.toc_digest = toc_digest
+        self.toc_json = toc_json
+
+    def verify(self, expected_toc_digest: str) -> VerifiedBlob:
+        if expected_toc_digest != self.toc_digest:
+            raise TOCDigestMismatch(
+                f"TOC digest is {self.toc_digest}, but {expected_toc_digest} was expected"
+            )
+        return VerifiedBlob(self._source, self.footer, self.toc, self.toc_digest)
+
+    def skip_verification(self, reason: str) -> VerifiedBlob:
+        log.warning(
+            "NOT verifying TOC %s against a trusted digest: %s", self.toc_digest, reason
+        )
+        return VerifiedBlob(self._source, self.footer, self.toc, self.toc_digest)
+
+
+class VerifiedBlob:
+    """A blob with a trusted TOC: lookups, and file bytes checked chunk by chunk."""
+
+    def __init__(self, source: RangeSource, footer: Footer, toc: TOC, toc_digest: str) -> None:
+        self.source = source
+        self.footer = footer
+        self.toc = toc
+        self.toc_digest = toc_digest
+        self._index = toc.index or TOCIndex(toc.entries, footer.data_end)
+        self.compression: Compression = "zstd-chunked" if footer.kind == "zstd-chunked" else "gzip"
+
+    def lookup(self, path: str) -> TOCEntry | None:
+        """The entry at ``path``; a hardlink gives its target's entry (the same object)."""
+        return self._index.resolved.get(clean_name(path))
+
+    def listdir(self, path: str) -> dict[str, TOCEntry]:
+        entry = self.lookup(path)
+        if entry is None or entry.type != "dir":
+            raise NotFoundError(f"{path!r} is not a directory in this layer")
+        return dict(self._index.children.get(entry.name, {}))
+
+    def walk(self) -> Iterator[TOCEntry]:
+        """Every path once, parents first; hardlinks come out as ``hardlink`` entries."""
+        for name in self._index.order:
+            yield self._index.raw[name]
+
+    def nlink(self, entry: TOCEntry) -> int:
+        return self._index.nlink(entry)
+
+    def chunks(self, path: str) -> list[Chunk]:
+        entry = self._regular(path)
+        return list(self._index.chunks.get(entry.name, []))
+
+    def chunk_at(self, path: str, offset: int) -> Chunk:
+        entry = self._regular(path)
+        chunks = self._index.chunks.get(entry.name, [])
+        i = bisect.bisect_right([c.chunk_offset for c in chunks], offset) - 1
+        if offset < 0 or i < 0 or offset >= chunks[i].end:
+            raise NotFoundError(f"{path!r} has no byte at offset {offset} (size {entry.size})")
+        return chunks[i]
+
+    def decode_chunk(self, chunk: Chunk, member: bytes) -> bytes:
+        """Decompress a chunk from its compressed bytes and check its digest."""
+        if len(member) != chunk.compressed_size:
+            raise FormatError(
+                f"{chunk.path!r}: got {len(member)} compressed bytes, want {chunk.compressed_size}"
+            )
+        data = decompress_prefix(self.compression, member, chunk.inner_offset + chunk.chunk_size)
+        data = data[chunk.inner_offset :]
+        got = "sha256:" + hashlib.sha256(data).hexdigest()
+        if got != chunk.digest:
+            raise ChunkDigestMismatch(
+                f"{chunk.path!r} chunk at {chunk.chunk_offset}: digest {got} is not {chunk.digest}"
+            )
+        return data
+
+    def read_chunk(self, chunk: Chunk) -> bytes:
+        """Fetch a chunk's compressed bytes from the source and decode them (verified)."""
+        member = self.source.read_at(chunk.compressed_offset, chunk.compressed_size)
+        return self.decode_chunk(chunk, member)
+
+    def read_file(self, path: str, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes of a regular file from ``offset`` (short only at end of file)."""
+        entry = self._regular(path)
+        if offset < 0 or size < 0:
+            raise FormatError(f"invalid read of {size} bytes at {offset} in {path!r}")
+        end = min(entry.size, offset + size)
+        parts: list[bytes] = []
+        pos = offset
+        while pos < end:
+            chunk = self.chunk_at(entry.name, pos)
+            data = self.read_chunk(chunk)
+            parts.append(data[pos - chunk.chunk_offset : end - chunk.chunk_offset])
+            pos = chunk.end
+        return b"".join(parts)
+
+    def prefetch_end(self) -> int | None:
+        """Blob offset up to which a runtime should prefetch (0: nothing; None: no landmark)."""
+        landmark = self._index.raw.get(PREFETCH_LANDMARK)
+        if landmark is not None and landmark.type == "reg":
+            return landmark.offset
+        if NO_PREFETCH_LANDMARK in self._index.raw:
+            return 0
+        return None
+
+    def _regular(self, path: str) -> TOCEntry:
+        entry = self.lookup(path)
+        if entry is None:
+            raise NotFoundError(f"no such file {path!r} in this layer")
+        if entry.type != "reg":
+            raise NotFoundError(f"{path!r} is a {entry.type}, not a regular file")
+        return entry
