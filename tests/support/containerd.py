@@ -141,7 +141,11 @@ class Containerd:
         return code
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "CONTAINERD_ADDRESS": str(self.address), "CONTAINERD_NAMESPACE": "default"}
+        return {
+            **os.environ,
+            "CONTAINERD_ADDRESS": str(self.address),
+            "CONTAINERD_NAMESPACE": "default",
+        }
 
     def ctr(
         self, *args: str, tool: str = "ctr", check: bool = True, timeout: float = 120
@@ -151,8 +155,9 @@ class Containerd:
             [tool, *args], env=self.env(), capture_output=True, text=True, timeout=timeout
         )
         if check and result.returncode != 0:
+            command = " ".join([tool, *args])
             raise RuntimeError(
-                f"{tool} {' '.join(args)} exited {result.returncode}:\n{result.stdout}{result.stderr}"
+                f"{command} exited {result.returncode}:\n{result.stdout}{result.stderr}"
             )
         return result
 
