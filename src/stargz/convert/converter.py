@@ -1,0 +1,257 @@
+"""Convert an image's layers to eStargz (or zstd:chunked) and write the converted image.
+
+Order of writes keeps the destination consistent: every blob first, then each platform's config
+and manifest (by digest), and the tag (index or manifest) last. A failure before the last step
+leaves at most unreferenced blobs, never a tag that points at a broken image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stargz.convert import mediatypes as mt
+from stargz.convert.progress import ConvertProgress, PlainProgress
+from stargz.convert.records import ConversionRecord, ConversionRecords
+from stargz.convert.store import Descriptor, ImageStore, Manifest
+from stargz.errors import BuildError, FormatError
+from stargz.estargz import BuildOptions, BuildResult, build
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    zstd_chunked: bool = False
+    oci: bool = False
+    chunk_size: int = 4 << 20
+    level: int = 9
+    min_chunk_size: int = 0
+    prioritized: tuple[str, ...] = ()
+    allow_missing_prioritized: bool = False
+    platforms: tuple[str, ...] = ()  # "os/arch[/variant]"; empty = every platform
+    parallel_layers: int = 2
+    workdir: Path | None = None
+
+    def build_options(self) -> BuildOptions:
+        return BuildOptions(
+            chunk_size=self.chunk_size,
+            level=self.level,
+            min_chunk_size=self.min_chunk_size,
+            prioritized=self.prioritized,
+            allow_missing_prioritized=self.allow_missing_prioritized,
+            compression="zstd-chunked" if self.zstd_chunked else "gzip",
+        )
+
+    def record_key(self) -> str:
+        """What makes two conversions of one layer produce the same blob."""
+        key = {
+            "zstd": self.zstd_chunked,
+            "chunk": self.chunk_size,
+            "level": self.level,
+            "min_chunk": self.min_chunk_size,
+            "prio": list(self.prioritized),
+            "allow_missing": self.allow_missing_prioritized,
+        }
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class ConvertResult:
+    digest: str
+    media_type: str
+    size: int
+    layers_converted: int = 0
+    layers_reused: int = 0
+    manifests: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _ConvertedLayer:
+    desc: Descriptor
+    diff_id: str
+
+
+class Converter:
+    def __init__(
+        self,
+        source: ImageStore,
+        dest: ImageStore,
+        options: ConvertOptions,
+        *,
+        progress: ConvertProgress | None = None,
+        records: ConversionRecords | None = None,
+    ) -> None:
+        self._source = source
+        self._dest = dest
+        self._options = options
+        self._progress = progress or PlainProgress()
+        self._records = records or ConversionRecords.default()
+        self._layer_slots = asyncio.Semaphore(max(1, options.parallel_layers))
+        self._result = ConvertResult(digest="", media_type="", size=0)
+
+    async def convert(self, source_ref: str, dest_tag: str) -> ConvertResult:
+        root = await self._source.get_manifest(source_ref)
+        if root.media_type in mt.INDEX_TYPES:
+            converted = await self._convert_index(root)
+        elif root.media_type in mt.MANIFEST_TYPES:
+            converted = await self._convert_manifest(root)
+        else:
+            raise FormatError(f"{source_ref}: unsupported manifest type {root.media_type!r}")
+        await self._dest.put_manifest(dest_tag, converted)
+        self._result.digest = converted.digest
+        self._result.media_type = converted.media_type
+        self._result.size = len(converted.raw)
+        return self._result
+
+    async def _convert_index(self, index: Manifest) -> Manifest:
+        doc = index.document()
+        entries: list[dict[str, Any]] = []
+        for entry in doc.get("manifests") or []:
+            desc = Descriptor(entry)
+            if not self._platform_wanted(entry.get("platform")):
+                continue
+            child = await self._source.get_manifest(desc.digest)
+            if child.media_type not in mt.MANIFEST_TYPES:
+                raise FormatError(f"index entry {desc.digest}: unsupported type {child.media_type}")
+            converted = await self._convert_manifest(child)
+            entries.append(
+                desc.replaced(
+                    mediaType=converted.media_type,
+                    digest=converted.digest,
+                    size=len(converted.raw),
+                ).fields
+            )
+        if not entries:
+            wanted = ", ".join(self._options.platforms)
+            raise BuildError(f"no manifest in the index matches the platforms {wanted}")
+        media_type = mt.converted_index_type(index.media_type, **self._flags())
+        doc.update(mediaType=media_type, manifests=entries)
+        return _manifest_of(doc, media_type)
+
+    async def _convert_manifest(self, manifest: Manifest) -> Manifest:
+        doc = manifest.document()
+        config_desc = Descriptor(doc["config"])
+        config = json.loads(await self._source.get_blob(config_desc.digest))
+        diff_ids: list[str] = list(config.get("rootfs", {}).get("diff_ids") or [])
+        layers = [Descriptor(layer) for layer in doc.get("layers") or []]
+        if len(diff_ids) != len(layers):
+            raise FormatError(
+                f"manifest {manifest.digest}: {len(layers)} layers but {len(diff_ids)} diff_ids"
+            )
+        converted = await asyncio.gather(
+            *(self._convert_layer(layer, diff_id) for layer, diff_id in zip(layers, diff_ids))
+        )
+        config["rootfs"]["diff_ids"] = [layer.diff_id for layer in converted]
+        config_raw = json.dumps(config, separators=(",", ":")).encode()
+        new_config = config_desc.replaced(
+            mediaType=mt.converted_config_type(config_desc.media_type, **self._flags()),
+            digest=_sha256(config_raw),
+            size=len(config_raw),
+        )
+        await self._dest.push_blob(new_config, config_raw, lambda _: None)
+        media_type = mt.converted_manifest_type(manifest.media_type, **self._flags())
+        doc.update(
+            mediaType=media_type,
+            config=new_config.fields,
+            layers=[layer.desc.fields for layer in converted],
+        )
+        new_manifest = _manifest_of(doc, media_type)
+        await self._dest.put_manifest(new_manifest.digest, new_manifest)
+        self._result.manifests.append(new_manifest.digest)
+        return new_manifest
+
+    async def _convert_layer(self, layer: Descriptor, diff_id: str) -> _ConvertedLayer:
+        async with self._layer_slots:
+            if self._already_converted(layer):
+                await self._copy_blob(layer)
+                self._result.layers_reused += 1
+                self._progress.finish(layer.digest, "already converted: kept")
+                return _ConvertedLayer(layer, diff_id)
+            record = self._records.get(layer.digest, self._options.record_key())
+            if record is not None and await self._dest.has_blob(record.digest):
+                self._result.layers_reused += 1
+                self._progress.finish(layer.digest, f"reused {record.digest[:19]}")
+                return _ConvertedLayer(self._descriptor(layer, record), record.diff_id)
+            record = await self._build_layer(layer)
+            self._result.layers_converted += 1
+            return _ConvertedLayer(self._descriptor(layer, record), record.diff_id)
+
+    async def _build_layer(self, layer: Descriptor) -> ConversionRecord:
+        key = layer.digest
+        with tempfile.TemporaryDirectory(dir=self._options.workdir, prefix="stargz-conv-") as tmp:
+            src_path, out_path = Path(tmp, "src"), Path(tmp, "out")
+            self._progress.start(key, "downloading", layer.size)
+            await self._source.fetch_blob(layer, src_path, lambda n: self._progress.advance(key, n))
+            self._progress.start(key, "converting", layer.size)
+            built = await asyncio.to_thread(self._build_file, src_path, out_path)
+            record = ConversionRecord.of(layer.digest, self._options.record_key(), built)
+            self._progress.start(key, "pushing", built.blob_size)
+            desc = self._descriptor(layer, record)
+            await self._dest.push_blob(desc, out_path, lambda n: self._progress.advance(key, n))
+        self._records.put(record)
+        self._progress.finish(key, f"converted to {record.digest[:19]} ({record.size} bytes)")
+        return record
+
+    def _build_file(self, src_path: Path, out_path: Path) -> BuildResult:
+        with src_path.open("rb") as src, out_path.open("wb") as out:
+            return build(src, out, self._options.build_options())
+
+    async def _copy_blob(self, desc: Descriptor) -> None:
+        if await self._dest.has_blob(desc.digest):
+            return
+        with tempfile.TemporaryDirectory(dir=self._options.workdir, prefix="stargz-copy-") as tmp:
+            path = Path(tmp, "blob")
+            self._progress.start(desc.digest, "copying", desc.size)
+            await self._source.fetch_blob(desc, path, lambda n: None)
+            await self._dest.push_blob(desc, path, lambda n: None)
+
+    def _already_converted(self, layer: Descriptor) -> bool:
+        if layer.media_type not in mt.CONVERTIBLE_LAYERS:
+            return True  # foreign layers are never converted, only carried over
+        wanted = mt.ZSTD_CHUNKED_ANNOTATIONS if self._options.zstd_chunked else mt.ESTARGZ_ANNOTATIONS
+        if self._options.zstd_chunked != (layer.media_type == mt.OCI_LAYER_ZSTD):
+            return False
+        return wanted <= layer.annotations.keys()
+
+    def _descriptor(self, layer: Descriptor, record: ConversionRecord) -> Descriptor:
+        annotations = layer.annotations
+        annotations.update(record.annotations)
+        return Descriptor(
+            {
+                "mediaType": mt.converted_layer_type(layer.media_type, **self._flags()),
+                "digest": record.digest,
+                "size": record.size,
+                "annotations": annotations,
+            }
+        )
+
+    def _platform_wanted(self, platform: dict[str, Any] | None) -> bool:
+        if not self._options.platforms:
+            return True
+        if not platform:
+            return False
+        name = f"{platform.get('os')}/{platform.get('architecture')}"
+        variant = platform.get("variant")
+        return any(
+            p == name or (variant is not None and p == f"{name}/{variant}")
+            for p in self._options.platforms
+        )
+
+    def _flags(self) -> dict[str, bool]:
+        return {"oci": self._options.oci, "zstd_chunked": self._options.zstd_chunked}
+
+
+def _manifest_of(doc: dict[str, Any], media_type: str) -> Manifest:
+    raw = json.dumps(doc, indent=2).encode()
+    return Manifest(raw=raw, media_type=media_type, digest=_sha256(raw))
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
