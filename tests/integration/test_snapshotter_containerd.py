@@ -67,14 +67,22 @@ def image(registry: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     layout = work / "oci"
     source = make_oci_image(rootfs, layout, "v1")
     bundle = work / "bundle"
-    subprocess.run(["umoci", "unpack", "--image", f"{layout}:v1", str(bundle)], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["umoci", "unpack", "--image", f"{layout}:v1", str(bundle)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     (bundle / "rootfs/etc/layer2").write_text(LAYER2_TEXT)
-    subprocess.run(["umoci", "repack", "--image", f"{layout}:v1", str(bundle)], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["umoci", "repack", "--image", f"{layout}:v1", str(bundle)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     ref = f"{registry}/test/busybox:v1"
-    subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", source,
-                    f"docker://{ref}"], check=True)
+    subprocess.run(
+        ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", source, f"docker://{ref}"],
+        check=True,
+    )
     return ref
 
 
@@ -114,8 +122,15 @@ def test_pull_and_run_two_layer_image(stack: Stack, image: str) -> None:
     assert len(committed) == 2  # one per layer, the second on top of the first
 
     out = stack.containerd.ctr(
-        "run", "--rm", "--snapshotter", "stargz", image, "t-run",
-        "sh", "-c", "cat /etc/motd /etc/layer2; echo written > /tmp/w; cat /tmp/w",
+        "run",
+        "--rm",
+        "--snapshotter",
+        "stargz",
+        image,
+        "t-run",
+        "sh",
+        "-c",
+        "cat /etc/motd /etc/layer2; echo written > /tmp/w; cat /tmp/w",
     ).stdout
     assert out == MOTD + LAYER2_TEXT + "written\n"
     # --rm removed the container's active snapshot: only the layers remain

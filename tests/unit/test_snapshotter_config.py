@@ -1,0 +1,61 @@
+"""The snapshotter's config: TOML [snapshotter] table, command-line flags over it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stargz.errors import ConfigError
+from stargz.snapshotter.daemon import (
+    DEFAULT_ADDRESS,
+    DEFAULT_ROOT,
+    SnapshotterConfig,
+    build_parser,
+    config_from_args,
+    load_config,
+)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "stargz.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults() -> None:
+    assert load_config(None) == SnapshotterConfig(DEFAULT_ADDRESS, DEFAULT_ROOT, "info")
+    assert Path("/run/stargz/stargz.sock") == DEFAULT_ADDRESS
+    assert Path("/var/lib/stargz") == DEFAULT_ROOT
+
+
+def test_file_values_and_flag_precedence(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[snapshotter]\naddress = "/tmp/s.sock"\nroot = "/tmp/r"\nlog_level = "DEBUG"\n'
+        "[other]\nignored = 1\n",
+    )
+    assert load_config(path) == SnapshotterConfig(Path("/tmp/s.sock"), Path("/tmp/r"), "debug")
+    args = build_parser().parse_args(["--config", str(path), "--root", "/srv/x"])
+    assert config_from_args(args) == SnapshotterConfig(Path("/tmp/s.sock"), Path("/srv/x"), "debug")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[snapshotter]\nadress = "/x"\n', "unknown [snapshotter] keys: adress"),
+        ('[snapshotter]\nroot = "rel"\n', "root must be an absolute path"),
+        ("[snapshotter]\nroot = 3\n", "root must be an absolute path"),
+        ('[snapshotter]\nlog_level = "loud"\n', "log level 'loud'"),
+        ("snapshotter = 1\n", "must be a table"),
+        ("[snapshotter\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_is_a_config_error(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_config(write(tmp_path, text))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="can not read config"):
+        load_config(tmp_path / "absent.toml")
