@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import os
 import shutil
 import stat
@@ -239,3 +240,65 @@ def make_oci_image(
         config += ["--config.cmd", word]
     subprocess.run(config, check=True)
     return f"oci:{image}"
+
+
+# The reference suite's tar cases: every tar format, every path prefix it tries.
+TAR_FORMATS = {"ustar": tarfile.USTAR_FORMAT, "pax": tarfile.PAX_FORMAT, "gnu": tarfile.GNU_FORMAT}
+PATH_PREFIXES = ("", "./", "/", "../")
+CASE_PRIORITIZED = ("foo/hard", "big/random.bin", "no/such/file")  # the last one is missing
+
+
+def reference_case_tar(out: Path, tar_format: str, prefix: str) -> Path:
+    """A small tar of every entry kind, names written with `prefix` (e.g. "./foo/bar.txt").
+
+    Regular files and directories (xattrs on them with PAX), empty files, symlinks, hardlinks,
+    char/block devices, a fifo, setuid/setgid/sticky modes, owners with names, a directory left
+    implicit, a file big enough to split into many chunks at tiny chunk sizes.
+    """
+    with tarfile.open(out, "w", format=TAR_FORMATS[tar_format]) as tar:
+        for info, data in _reference_case_entries(prefix, xattrs=tar_format == "pax"):
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return out
+
+
+def _reference_case_entries(
+    prefix: str, *, xattrs: bool
+) -> Iterator[tuple[tarfile.TarInfo, bytes | None]]:
+    def entry(name: str, kind: bytes, mode: int, data: bytes | None = None,
+              **fields: object) -> tuple[tarfile.TarInfo, bytes | None]:
+        info = tarfile.TarInfo(prefix + name)
+        info.type, info.mode, info.mtime = kind, mode, FIXED_MTIME
+        info.size = len(data) if data is not None else 0
+        for key, value in fields.items():
+            setattr(info, key, value)
+        return info, data
+
+    def with_xattrs(item: tuple[tarfile.TarInfo, bytes | None], **values: str) -> tuple[
+        tarfile.TarInfo, bytes | None
+    ]:
+        if xattrs:
+            item[0].pax_headers = {f"SCHILY.xattr.user.{k}": v for k, v in values.items()}
+        return item
+
+    if prefix:
+        yield entry("", tarfile.DIRTYPE, 0o755)  # the root itself, as "./" or "/"
+    yield with_xattrs(entry("foo/", tarfile.DIRTYPE, 0o755), dirattr="dir-value")
+    yield with_xattrs(entry("foo/bar.txt", tarfile.REGTYPE, 0o644, b"test data of bar.txt\n" * 5),
+                      fileattr="file-value", second="2")
+    yield entry("foo/empty", tarfile.REGTYPE, 0o644, b"")
+    yield entry("foo/sym", tarfile.SYMTYPE, 0o777, linkname="bar.txt")
+    yield entry("foo/hard", tarfile.LNKTYPE, 0o644, linkname=prefix + "foo/bar.txt")
+    yield entry("dev/", tarfile.DIRTYPE, 0o755)
+    yield entry("dev/char", tarfile.CHRTYPE, 0o666, devmajor=1, devminor=3)
+    yield entry("dev/block", tarfile.BLKTYPE, 0o660, devmajor=8, devminor=1)
+    yield entry("dev/fifo", tarfile.FIFOTYPE, 0o600)
+    yield entry("modes/", tarfile.DIRTYPE, 0o1777)
+    yield entry("modes/setuid", tarfile.REGTYPE, 0o4755, b"#!/bin/sh\n")
+    yield entry("modes/setgid", tarfile.REGTYPE, 0o2711, b"#!/bin/sh\necho\n")
+    yield entry("modes/owned", tarfile.REGTYPE, 0o640, b"owned by alice\n",
+                uid=1000, gid=1001, uname="alice", gname="staff")
+    yield entry("implied/deep/file.txt", tarfile.REGTYPE, 0o644, b"parents not in the tar\n")
+    yield entry("big/", tarfile.DIRTYPE, 0o755)
+    yield entry("big/random.bin", tarfile.REGTYPE, 0o644, _pseudo_random(3000))
+    yield entry("big/text.txt", tarfile.REGTYPE, 0o644, b"".join(
+        b"line %d of a text file that compresses well\n" % i for i in range(60)))
