@@ -1,0 +1,181 @@
+"""Registry credentials: explicit ones, STARGZ_USERNAME/STARGZ_PASSWORD, and the Docker config
+(``auths``, ``credHelpers``, ``credsStore``). Secrets never reach reprs, logs or error messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from stargz.errors import AuthError, ConfigError
+from stargz.registry.reference import DOCKER_HUB
+
+# Docker keeps Docker Hub's credentials under this legacy key; helpers expect it as server URL.
+DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
+_HUB_HOSTS = {DOCKER_HUB, "index.docker.io", "registry-1.docker.io"}
+_IDENTITY_TOKEN_USER = "<token>"
+HELPER_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A username and secret; ``identity_token`` set means the secret is an OAuth2 refresh token."""
+
+    username: str
+    secret: str = field(repr=False)
+    identity_token: bool = False
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, secret=<hidden>)"
+
+    __str__ = __repr__
+
+    def basic_header(self) -> str:
+        raw = f"{self.username}:{self.secret}".encode()
+        return "Basic " + base64.b64encode(raw).decode()
+
+
+def normalize_host(key: str) -> str:
+    """``https://index.docker.io/v1/`` -> ``docker.io``; ``http://h:5000/v2/`` -> ``h:5000``."""
+    netloc = urlsplit(key).netloc if "://" in key else key.split("/", 1)[0]
+    return DOCKER_HUB if netloc in _HUB_HOSTS else netloc
+
+
+def docker_config_path() -> Path:
+    directory = os.environ.get("DOCKER_CONFIG")
+    base = Path(directory) if directory else Path.home() / ".docker"
+    return base / "config.json"
+
+
+class CredentialStore:
+    """Looks credentials up per registry host, in order: explicit per host, explicit default
+    (flags/env), then the Docker config file (helpers before inline ``auths``, as docker does)."""
+
+    def __init__(self, per_host: Mapping[str, Credentials] | None = None,
+                 default: Credentials | None = None,
+                 docker_config: Path | None = None) -> None:
+        self._per_host = {normalize_host(h): c for h, c in (per_host or {}).items()}
+        self._default = default
+        self._docker_config = docker_config
+        self._found: dict[str, Credentials | None] = {}
+
+    def __repr__(self) -> str:
+        return f"CredentialStore(hosts={sorted(self._per_host)}, config={self._docker_config})"
+
+    @classmethod
+    def anonymous(cls) -> CredentialStore:
+        return cls()
+
+    @classmethod
+    def from_environment(cls, username: str | None = None,
+                         password: str | None = None) -> CredentialStore:
+        """Flags first, then STARGZ_USERNAME/STARGZ_PASSWORD, then the Docker config file."""
+        username = username or os.environ.get("STARGZ_USERNAME")
+        password = password or os.environ.get("STARGZ_PASSWORD")
+        if bool(username) != bool(password):
+            raise ConfigError("a registry username needs a password and the other way round")
+        default = Credentials(username, password) if username and password else None
+        return cls(default=default, docker_config=docker_config_path())
+
+    async def get(self, host: str) -> Credentials | None:
+        """Credentials for ``host`` (host[:port]) or None for anonymous access."""
+        host = normalize_host(host)
+        if host in self._per_host:
+            return self._per_host[host]
+        if self._default is not None:
+            return self._default
+        if host not in self._found:
+            self._found[host] = await self._from_docker_config(host)
+        return self._found[host]
+
+    async def _from_docker_config(self, host: str) -> Credentials | None:
+        config = _load_config(self._docker_config)
+        if config is None:
+            return None
+        helpers = config.get("credHelpers") or {}
+        helper = helpers.get(host) or config.get("credsStore")
+        if helper:
+            found = await run_credential_helper(str(helper), host)
+            if found is not None:
+                return found
+        return _from_auths(config.get("auths") or {}, host, self._docker_config)
+
+
+def _load_config(path: Path | None) -> dict[str, Any] | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"can not read Docker config {path}: {type(err).__name__}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"Docker config {path} is not a JSON object")
+    return data
+
+
+def _from_auths(auths: Mapping[str, Any], host: str, path: Path | None) -> Credentials | None:
+    for key, entry in auths.items():
+        if normalize_host(key) != host or not isinstance(entry, dict):
+            continue
+        if entry.get("identitytoken"):
+            return Credentials(entry.get("username") or "", str(entry["identitytoken"]), True)
+        if entry.get("auth"):
+            return _decode_auth(str(entry["auth"]), host, path)
+        if entry.get("username") and entry.get("password"):
+            return Credentials(str(entry["username"]), str(entry["password"]))
+    return None
+
+
+def _decode_auth(value: str, host: str, path: Path | None) -> Credentials:
+    try:
+        decoded = base64.b64decode(value, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise ConfigError(f"Docker config {path}: auth for {host} is not base64") from None
+    username, sep, password = decoded.partition(":")
+    if not sep or not username:
+        raise ConfigError(f"Docker config {path}: auth for {host} is not user:password")
+    return Credentials(username, password)
+
+
+async def run_credential_helper(name: str, host: str) -> Credentials | None:
+    """Run ``docker-credential-NAME get`` for ``host``; None when the helper knows no entry."""
+    server = DOCKER_HUB_AUTH_KEY if host == DOCKER_HUB else host
+    program = f"docker-credential-{name}"
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            program, "get", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout, _ = await asyncio.wait_for(proc.communicate(server.encode()), HELPER_TIMEOUT)
+    except FileNotFoundError:
+        raise AuthError(f"credential helper {program} is not installed") from None
+    except TimeoutError:
+        proc.kill()
+        raise AuthError(f"credential helper {program} did not answer for {host}") from None
+    if proc.returncode != 0:
+        # Helpers print "credentials not found" on stdout and exit 1 for unknown servers.
+        if b"not found" in stdout.lower():
+            return None
+        raise AuthError(f"credential helper {program} failed for {host} "
+                        f"(exit {proc.returncode})")
+    return _parse_helper_output(stdout, program, host)
+
+
+def _parse_helper_output(stdout: bytes, program: str, host: str) -> Credentials | None:
+    try:
+        data = json.loads(stdout)
+        username, secret = str(data.get("Username") or ""), str(data.get("Secret") or "")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raise AuthError(f"credential helper {program} gave unreadable output for {host}") from None
+    if not secret:
+        return None
+    if username == _IDENTITY_TOKEN_USER:
+        return Credentials("", secret, identity_token=True)
+    return Credentials(username, secret)
