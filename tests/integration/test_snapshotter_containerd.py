@@ -3,112 +3,19 @@
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import subprocess
-import time
-import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
-from tests.support.containerd import Containerd, SnapshotterProcess, stop_process
-from tests.support.images import busybox_rootfs_tar, extract_tar, make_oci_image
+from tests.support.containerd import (  # noqa: F401 (fixtures are found by name)
+    LAYER2_TEXT,
+    MOTD,
+    Stack,
+    image_fixture,
+    registry_fixture,
+    stack_fixture,
+)
 
 pytestmark = pytest.mark.integration
-
-MOTD = "hello from the stargz busybox test image\n"
-LAYER2_TEXT = "second layer\n"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A local docker-registry on a free port; yields host:port."""
-    work = tmp_path_factory.mktemp("registry")
-    host = f"127.0.0.1:{_free_port()}"
-    config = work / "config.yml"
-    config.write_text(
-        "version: 0.1\n"
-        f"storage: {{filesystem: {{rootdirectory: {work / 'data'}}}, delete: {{enabled: true}}}}\n"
-        f"http: {{addr: {host}}}\n"
-    )
-    log = (work / "registry.log").open("wb")
-    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://{host}/v2/", timeout=1) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.1)
-        yield host
-    finally:
-        stop_process(proc)
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def image(registry: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A two-layer busybox image pushed to the registry (so mounts have a real lowerdir chain)."""
-    work = tmp_path_factory.mktemp("image")
-    rootfs = work / "rootfs"
-    extract_tar(busybox_rootfs_tar(), rootfs)
-    layout = work / "oci"
-    source = make_oci_image(rootfs, layout, "v1")
-    bundle = work / "bundle"
-    subprocess.run(
-        ["umoci", "unpack", "--image", f"{layout}:v1", str(bundle)],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    (bundle / "rootfs/etc/layer2").write_text(LAYER2_TEXT)
-    subprocess.run(
-        ["umoci", "repack", "--image", f"{layout}:v1", str(bundle)],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    ref = f"{registry}/test/busybox:v1"
-    subprocess.run(
-        ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", source, f"docker://{ref}"],
-        check=True,
-    )
-    return ref
-
-
-@dataclass
-class Stack:
-    snapshotter: SnapshotterProcess
-    containerd: Containerd
-
-    def restart_snapshotter(self) -> None:
-        assert self.snapshotter.stop() == 0, self.snapshotter.log_text()
-        self.snapshotter.start()
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    work = tmp_path_factory.mktemp("stack")
-    snap = SnapshotterProcess(work / "stargz.sock", work / "snap-root", work / "snap.log")
-    snap.start()  # before containerd: see tests/support/containerd.py
-    ctd = Containerd(work / "containerd", snap.address)
-    ctd.start()
-    try:
-        yield Stack(snap, ctd)
-    finally:
-        ctd.stop()
-        snap.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _snapshots(stack: Stack) -> list[list[str]]:

@@ -12,14 +12,25 @@ calls for ~10 s (RECIPES.md).
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
+
+from stargz.snapshotter.remote import LABEL_STARGZ_DIGEST, LABEL_STARGZ_REFERENCE
+from tests.support.images import busybox_rootfs_tar, extract_tar, make_oci_image
 
 REPO = Path(__file__).resolve().parents[2]
 PROXY_NAME = "stargz"  # the proxy plugin name: ctr ... --snapshotter stargz
@@ -171,3 +182,163 @@ class Containerd:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{tool} {' '.join(args)} kept failing:\n{result.stderr}")
             time.sleep(0.5)
+
+
+MOTD = "hello from the stargz busybox test image\n"  # /etc/motd of the busybox rootfs
+LAYER2_TEXT = "second layer\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module", name="registry")
+def registry_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A local docker-registry on a free port; yields host:port."""
+    work = tmp_path_factory.mktemp("registry")
+    host = f"127.0.0.1:{_free_port()}"
+    config = work / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        f"storage: {{filesystem: {{rootdirectory: {work / 'data'}}}, delete: {{enabled: true}}}}\n"
+        f"http: {{addr: {host}}}\n"
+    )
+    log = (work / "registry.log").open("wb")
+    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{host}/v2/", timeout=1) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        yield host
+    finally:
+        stop_process(proc)
+        log.close()
+
+
+@pytest.fixture(scope="module", name="image")
+def image_fixture(registry: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A two-layer busybox image pushed to the registry (so mounts have a real lowerdir chain)."""
+    work = tmp_path_factory.mktemp("image")
+    rootfs = work / "rootfs"
+    extract_tar(busybox_rootfs_tar(), rootfs)
+    layout = work / "oci"
+    source = make_oci_image(rootfs, layout, "v1")
+    bundle = work / "bundle"
+    subprocess.run(
+        ["umoci", "unpack", "--image", f"{layout}:v1", str(bundle)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    (bundle / "rootfs/etc/layer2").write_text(LAYER2_TEXT)
+    subprocess.run(
+        ["umoci", "repack", "--image", f"{layout}:v1", str(bundle)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    ref = f"{registry}/test/busybox:v1"
+    subprocess.run(
+        ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", source, f"docker://{ref}"],
+        check=True,
+    )
+    return ref
+
+
+@dataclass
+class Stack:
+    snapshotter: SnapshotterProcess
+    containerd: Containerd
+
+    def restart_snapshotter(self) -> None:
+        assert self.snapshotter.stop() == 0, self.snapshotter.log_text()
+        self.snapshotter.start()
+
+
+@pytest.fixture(scope="module", name="stack")
+def stack_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    work = tmp_path_factory.mktemp("stack")
+    snap = SnapshotterProcess(work / "stargz.sock", work / "snap-root", work / "snap.log")
+    snap.start()  # before containerd: see tests/support/containerd.py
+    ctd = Containerd(work / "containerd", snap.address)
+    ctd.start()
+    try:
+        yield Stack(snap, ctd)
+    finally:
+        ctd.stop()
+        snap.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+class ExtractingLayers:
+    """A stand-in for the lazy layer store in end-to-end tests of the remote-snapshot handshake.
+
+    It downloads the layer the stargz labels name from a plain-HTTP registry and unpacks it
+    (nothing lazy about it), so containerd's side of the handshake runs for real. Every call is
+    appended as a JSON line to ``calls.jsonl`` in its directory for the test to read.
+    """
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        base.mkdir(parents=True, exist_ok=True)
+
+    def _record(self, call: str, **fields: str) -> None:
+        with (self.base / "calls.jsonl").open("a") as calls:
+            calls.write(json.dumps({"call": call, **fields}) + "\n")
+
+    async def prepare_remote(
+        self, key: str, parent_chain: Sequence[str], labels: Mapping[str, str]
+    ) -> str | None:
+        reference = labels.get(LABEL_STARGZ_REFERENCE, "")
+        digest = labels.get(LABEL_STARGZ_DIGEST, "")
+        self._record("prepare", key=key, digest=digest, parents=",".join(parent_chain))
+        if not reference or not digest:
+            return None
+        target = self.base / digest.replace(":", "-")
+        await asyncio.to_thread(_fetch_and_unpack, reference, digest, target)
+        return str(target)
+
+    async def restore(self, name: str, labels: Mapping[str, str], previous_dir: str) -> str | None:
+        self._record("restore", name=name, dir=previous_dir)
+        return previous_dir if Path(previous_dir).is_dir() else None
+
+    async def release(self, name: str, directory: str) -> None:
+        self._record("release", name=name, dir=directory)
+
+
+def _fetch_and_unpack(reference: str, digest: str, target: Path) -> None:
+    host, _, path = reference.partition("/")
+    repository = path.split("@")[0].rsplit(":", 1)[0]
+    url = f"http://{host}/v2/{repository}/blobs/{digest}"
+    partial = target.with_name(target.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    with urllib.request.urlopen(url, timeout=30) as blob:
+        subprocess.run(
+            ["tar", "-xzpf", "-", "--numeric-owner", "-C", str(partial)],
+            input=blob.read(),
+            check=True,
+        )
+    partial.rename(target)
+
+
+def _serve_with_extracting_layers(argv: Sequence[str]) -> int:
+    from stargz.snapshotter import daemon
+
+    parser = daemon.build_parser()
+    parser.add_argument("--layers", type=Path, required=True)
+    args = parser.parse_args(argv)
+    config = daemon.config_from_args(args)
+    logging.basicConfig(level=config.log_level.upper())
+    daemon.run(config, ExtractingLayers(args.layers))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_serve_with_extracting_layers(sys.argv[1:]))
