@@ -59,3 +59,16 @@ def test_bad_config_is_a_config_error(tmp_path: Path, text: str, message: str) -
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="can not read config"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_contrib_files_agree_with_the_defaults() -> None:
+    import tomllib
+
+    contrib = Path(__file__).resolve().parents[2] / "contrib"
+    assert load_config(contrib / "snapshotter.toml") == SnapshotterConfig()
+    containerd = tomllib.loads((contrib / "containerd-config.toml").read_text())
+    plugin = containerd["proxy_plugins"]["stargz"]
+    assert plugin == {"type": "snapshot", "address": str(DEFAULT_ADDRESS)}
+    cri = containerd["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]
+    assert cri["disable_snapshot_annotations"] is False
+    assert "stargz snapshotter --config" in (contrib / "stargz-snapshotter.service").read_text()
