@@ -1,0 +1,182 @@
+"""Pull an image into containerd lazily, as ``ctr-remote images rpull`` does.
+
+Under a lease: store the index, manifest and config in the content store (with the GC labels
+that keep them together), then for each layer ask the snapshotter, through containerd, to
+Prepare it with the remote-snapshot labels. ALREADY_EXISTS means the snapshotter mounted the
+layer lazily; otherwise we do what containerd's unpacker does: download the blob, apply it onto
+the prepared snapshot with the diff service and commit it under its chain id. Last, label the
+config with the top snapshot (GC) and create or update the image record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from stargz.containerd import labels as lbl
+from stargz.containerd.client import Containerd
+from stargz.containerd.content import ContentStore
+from stargz.containerd.services import Differ, Images, Snapshots, descriptor
+from stargz.errors import (
+    AlreadyExistsError,
+    RegistryError,
+    RuntimeIntegrationError,
+    StargzError,
+    VerificationError,
+)
+from stargz.registry.client import RegistryClient
+from stargz.registry.manifest import Descriptor, Manifest, Platform, select_platform
+from stargz.registry.reference import Reference
+from stargz.snapshotter.remote import LABEL_TOC_DIGEST
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SNAPSHOTTER = "stargz"
+DEFAULT_PLATFORM = Platform("linux", "amd64")
+MAX_CONFIG_SIZE = 16 << 20
+
+
+@dataclass(frozen=True)
+class PullOptions:
+    snapshotter: str = DEFAULT_SNAPSHOTTER
+    platform: Platform = DEFAULT_PLATFORM
+
+
+@dataclass
+class PullResult:
+    name: str
+    target_digest: str  # what the image record points at (index or manifest)
+    manifest_digest: str
+    chain_ids: list[str]
+    lazy_layers: list[str] = field(default_factory=list)  # mounted remotely by the snapshotter
+    fetched_layers: list[str] = field(default_factory=list)  # downloaded and applied
+    present_layers: list[str] = field(default_factory=list)  # snapshot already there
+
+
+@dataclass(frozen=True)
+class _Image:
+    """What the registry resolved: the record's target and the platform's manifest."""
+
+    target: Manifest
+    manifest: Manifest
+    index_position: int | None  # the manifest's place in the index, when there is one
+    config: Descriptor
+    config_raw: bytes
+    layers: list[Descriptor]
+    diff_ids: list[str]
+
+
+async def rpull(ctd: Containerd, registry: RegistryClient, ref: Reference,
+                options: PullOptions = PullOptions()) -> PullResult:
+    """Pull ``ref`` into containerd's namespace with lazily mounted layers where possible."""
+    image = await _resolve(registry, ref, options.platform)
+    chains = lbl.chain_ids(image.diff_ids)
+    result = PullResult(str(ref), image.target.digest, image.manifest.digest, chains)
+    async with ctd.lease():
+        await _store_metadata(ContentStore(ctd), image)
+        await _unpack(ctd, registry, ref, image, options.snapshotter, result)
+        await ContentStore(ctd).update_labels(
+            image.config.digest, lbl.snapshot_gc_label(options.snapshotter, chains[-1]))
+        target = descriptor(image.target.media_type, image.target.digest, len(image.target.raw))
+        await Images(ctd).put(result.name, target, {})
+    return result
+
+
+async def _resolve(registry: RegistryClient, ref: Reference, platform: Platform) -> _Image:
+    target = await registry.fetch_manifest(ref)
+    manifest, position = target, None
+    if target.is_index:
+        entry = select_platform(target, platform)
+        position = target.descriptors().index(entry)
+        manifest = await registry.fetch_manifest(ref.with_digest(entry.digest))
+        if manifest.is_index:
+            raise RegistryError(f"{ref}: nested indexes are not supported")
+    config = manifest.config()
+    if config.size > MAX_CONFIG_SIZE:
+        raise RegistryError(f"{ref}: config of {config.size} bytes is too large")
+    config_raw = await registry.get_blob(ref.repo_only(), config.digest)
+    layers = manifest.layers()
+    diff_ids = _diff_ids(config_raw, config.digest)
+    if len(diff_ids) != len(layers) or not layers:
+        raise RegistryError(f"{ref}: config lists {len(diff_ids)} diff ids for "
+                            f"{len(layers)} layers")
+    return _Image(target, manifest, position, config, config_raw, layers, diff_ids)
+
+
+def _diff_ids(config_raw: bytes, digest: str) -> list[str]:
+    try:
+        data: Any = json.loads(config_raw)
+        diff_ids = data["rootfs"]["diff_ids"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise RegistryError(f"config {digest} has no rootfs.diff_ids") from None
+    if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
+        raise RegistryError(f"config {digest}: rootfs.diff_ids is not a list of digests")
+    return list(diff_ids)
+
+
+async def _store_metadata(content: ContentStore, image: _Image) -> None:
+    """Config first, then the manifest and index that reference it (children before parents)."""
+    await content.write_bytes(image.config.digest, image.config_raw, {})
+    gc = lbl.manifest_gc_labels(image.config.digest, [layer.digest for layer in image.layers])
+    await content.write_bytes(image.manifest.digest, image.manifest.raw, gc)
+    if image.index_position is not None:
+        await content.write_bytes(
+            image.target.digest, image.target.raw,
+            lbl.index_gc_label(image.index_position, image.manifest.digest))
+
+
+async def _unpack(ctd: Containerd, registry: RegistryClient, ref: Reference, image: _Image,
+                  snapshotter: str, result: PullResult) -> None:
+    snapshots = Snapshots(ctd, snapshotter)
+    layer_digests = [layer.digest for layer in image.layers]
+    parent = ""
+    for index, (layer, chain) in enumerate(zip(image.layers, result.chain_ids, strict=True)):
+        if await snapshots.exists(chain):
+            result.present_layers.append(layer.digest)
+        else:
+            labels = lbl.remote_labels(str(ref), chain, layer.digest, layer_digests[index:],
+                                       layer.annotations.get(LABEL_TOC_DIGEST))
+            key = f"extract-{secrets.token_hex(8)} {chain}"
+            try:
+                mounts = await snapshots.prepare(key, parent, labels)
+            except AlreadyExistsError:
+                if not await snapshots.exists(chain):
+                    raise RuntimeIntegrationError(
+                        f"snapshotter {snapshotter} said layer {layer.digest} exists "
+                        f"but has no snapshot {chain}") from None
+                log.info("layer %s mounted lazily as %s", layer.digest, chain)
+                result.lazy_layers.append(layer.digest)
+            else:
+                await _apply_layer(ctd, registry, ref, layer, image.diff_ids[index],
+                                   snapshots, key, mounts, chain)
+                result.fetched_layers.append(layer.digest)
+        parent = chain
+
+
+async def _apply_layer(ctd: Containerd, registry: RegistryClient, ref: Reference,
+                       layer: Descriptor, diff_id: str, snapshots: Snapshots, key: str,
+                       mounts: Any, chain: str) -> None:
+    """The fallback: download, apply onto the active snapshot, commit it as ``chain``."""
+    log.info("layer %s is not lazily available: downloading %d bytes", layer.digest, layer.size)
+    try:
+        await ContentStore(ctd).write(
+            layer.digest, layer.size, registry.stream_blob(ref.repo_only(), layer.digest),
+            {lbl.LABEL_UNCOMPRESSED: diff_id})
+        layer_desc = descriptor(layer.media_type, layer.digest, layer.size, layer.annotations)
+        applied = await Differ(ctd).apply(layer_desc, mounts)
+        if applied.digest != diff_id:
+            raise VerificationError(f"layer {layer.digest} unpacked to {applied.digest}, "
+                                    f"the config says {diff_id}")
+        try:
+            await snapshots.commit(chain, key, {})
+        except AlreadyExistsError:  # a concurrent pull committed it first
+            await snapshots.remove(key)
+    except BaseException:
+        try:
+            await snapshots.remove(key)
+        except StargzError as err:
+            log.warning("could not remove snapshot %s: %s", key, err)
+        raise
