@@ -160,6 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=config.log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+        # grpc's and asyncio's own debug lines drown ours
+        for noisy in ("grpc", "asyncio"):
+            logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
         run(config)
     except StargzError as err:
         print(f"stargz snapshotter: {err}", file=sys.stderr)

@@ -182,10 +182,14 @@ class Snapshotter:
         try:
             directory = await self.remote.prepare_remote(key, chain, labels)
         except Exception as err:  # whatever the hook hit, the client can still download the layer
-            log.warning("remote snapshot for %s failed, falling back to download: %s", key, err)
+            log.warning(
+                "remote-snapshot-prepared=false key=%s: falling back to download: %s", key, err
+            )
             return False
         if directory is None:
-            log.info("remote snapshot for %s declined, falling back to download", key)
+            log.info(
+                "remote-snapshot-prepared=false key=%s: declined, falling back to download", key
+            )
             return False
         return await self._commit_remote(key, target, labels, directory)
 
@@ -204,7 +208,7 @@ class Snapshotter:
         except StargzError:
             await self._release(target, directory)
             raise
-        log.info("prepared remote snapshot %s (%s) at %s", target, key, directory)
+        log.info("remote-snapshot-prepared=true key=%s target=%s dir=%s", key, target, directory)
         return True
 
     async def _discard(self, key: str) -> None:
