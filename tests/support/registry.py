@@ -1,0 +1,191 @@
+"""The real CNCF registry (``docker-registry serve``) for tests: plain HTTP, basic auth (bcrypt
+htpasswd), TLS with a self-signed CA, or token auth with our token server. Each runs on a free
+loopback port, is ready when ``/v2/`` answers, and is stopped by its PID.
+
+    with run_registry(tmp_path, auth="basic", tls=True) as reg:
+        reg.host, reg.url, reg.ca_file, reg.username, reg.password, reg.hosts_dir()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+REGISTRY_BIN = "docker-registry"
+USERNAME, PASSWORD = "testuser", "testpass"
+SERVICE, ISSUER = "test-registry", "test-issuer"
+READY_TIMEOUT = 20.0
+Auth = Literal["none", "basic", "token"]
+
+
+def available() -> bool:
+    return shutil.which(REGISTRY_BIN) is not None and shutil.which("openssl") is not None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def make_cert(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1/localhost (it is its own CA): (cert, key)."""
+    cert, key = directory / f"{name}.pem", directory / f"{name}-key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True)
+    return cert, key
+
+
+@dataclass
+class RunningRegistry:
+    host: str
+    scheme: str
+    workdir: Path
+    process: subprocess.Popen[bytes]
+    ca_file: Path | None = None
+    username: str | None = None
+    password: str | None = None
+    helpers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}"
+
+    def hosts_dir(self) -> Path:
+        """A containerd-style hosts dir saying how to reach this registry (CA or plain HTTP)."""
+        directory = self.workdir / "hosts.d"
+        entry = directory / self.host
+        entry.mkdir(parents=True, exist_ok=True)
+        lines = [f'server = "{self.url}"']
+        if self.ca_file is not None:
+            lines.append(f'ca = "{self.ca_file}"')
+        (entry / "hosts.toml").write_text("\n".join(lines) + "\n")
+        return directory
+
+    def stop(self) -> None:
+        for proc in [self.process, *self.helpers]:
+            stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], ca_file: Path | None, log: Path) -> None:
+    context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited early: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1, context=context):
+                return
+        except urllib.error.HTTPError as err:
+            if err.code == 401:  # up, and asking for credentials
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {READY_TIMEOUT} s")
+
+
+def _start_token_server(workdir: Path) -> tuple[str, Path, subprocess.Popen[bytes]]:
+    cert, key = make_cert(workdir, "token")
+    port = free_port()
+    script = Path(__file__).with_name("tokenserver.py")
+    log = workdir / "tokenserver.out"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(key), str(cert), str(port), f"{USERNAME}:{PASSWORD}"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        env={"PATH": "/usr/bin:/bin", "TOKENSERVER_LOG": str(workdir / "token-requests.log")})
+    realm = f"http://127.0.0.1:{port}/token"
+    try:
+        _wait_until_listening(port, proc, log)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return realm, cert, proc
+
+
+def _wait_until_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"token server exited early: {log.read_text()[-2000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError("token server did not start listening")
+
+
+@contextlib.contextmanager
+def run_registry(workdir: Path, *, auth: Auth = "none", tls: bool = False) -> Iterator[
+        RunningRegistry]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    http: dict[str, object] = {"addr": f"127.0.0.1:{port}", "secret": "stargz-tests"}
+    config: dict[str, object] = {
+        "version": 0.1,
+        "log": {"level": "warn"},
+        "storage": {"filesystem": {"rootdirectory": str(workdir / "storage")},
+                    "delete": {"enabled": True}},
+        "http": http,
+    }
+    ca_file = None
+    if tls:
+        ca_file, key = make_cert(workdir, "registry")
+        http["tls"] = {"certificate": str(ca_file), "key": str(key)}
+    helpers: list[subprocess.Popen[bytes]] = []
+    if auth == "basic":
+        htpasswd = workdir / "htpasswd"
+        result = subprocess.run(["htpasswd", "-Bbn", USERNAME, PASSWORD], check=True,
+                                capture_output=True)
+        htpasswd.write_bytes(result.stdout)
+        config["auth"] = {"htpasswd": {"realm": "basic-realm", "path": str(htpasswd)}}
+    elif auth == "token":
+        realm, token_cert, token_proc = _start_token_server(workdir)
+        helpers.append(token_proc)
+        config["auth"] = {"token": {"realm": realm, "service": SERVICE, "issuer": ISSUER,
+                                    "rootcertbundle": str(token_cert)}}
+    config_path = workdir / "config.yml"
+    config_path.write_text(json.dumps(config))  # JSON is YAML
+    log = workdir / "registry.out"
+    proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config_path)],
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    scheme = "https" if tls else "http"
+    creds = (USERNAME, PASSWORD) if auth != "none" else (None, None)
+    registry = RunningRegistry(f"127.0.0.1:{port}", scheme, workdir, proc, ca_file, *creds,
+                               helpers=helpers)
+    try:
+        _wait_ready(f"{scheme}://127.0.0.1:{port}/v2/", proc, ca_file, log)
+        yield registry
+    finally:
+        registry.stop()
+
+
+def token_requests(registry: RunningRegistry) -> list[str]:
+    """What the token server was asked, one line per request ("POST password", "GET basic"...)."""
+    path = registry.workdir / "token-requests.log"
+    return path.read_text().splitlines() if path.exists() else []
