@@ -12,16 +12,17 @@ import hashlib
 import json
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from stargz.convert import mediatypes as mt
 from stargz.convert.progress import ConvertProgress, PlainProgress
 from stargz.convert.records import ConversionRecord, ConversionRecords
-from stargz.convert.store import Descriptor, ImageStore, Manifest
+from stargz.convert.store import ImageStore
 from stargz.errors import BuildError, FormatError
-from stargz.estargz import BuildOptions, BuildResult, build
+from stargz.estargz.writer import BuildOptions, BuildResult, build
+from stargz.registry.manifest import Descriptor, Manifest, Platform
 
 log = logging.getLogger(__name__)
 
@@ -111,23 +112,20 @@ class Converter:
         return self._result
 
     async def _convert_index(self, index: Manifest) -> Manifest:
-        doc = index.document()
+        doc = index.json()
         entries: list[dict[str, Any]] = []
         for entry in doc.get("manifests") or []:
-            desc = Descriptor(entry)
-            if not self._platform_wanted(entry.get("platform")):
+            desc = Descriptor.from_dict(entry)
+            if not self._platform_wanted(desc.platform):
                 continue
             child = await self._source.get_manifest(desc.digest)
             if child.media_type not in mt.MANIFEST_TYPES:
                 raise FormatError(f"index entry {desc.digest}: unsupported type {child.media_type}")
             converted = await self._convert_manifest(child)
-            entries.append(
-                desc.replaced(
-                    mediaType=converted.media_type,
-                    digest=converted.digest,
-                    size=len(converted.raw),
-                ).fields
+            entry.update(
+                mediaType=converted.media_type, digest=converted.digest, size=len(converted.raw)
             )
+            entries.append(entry)
         if not entries:
             wanted = ", ".join(self._options.platforms)
             raise BuildError(f"no manifest in the index matches the platforms {wanted}")
@@ -136,22 +134,22 @@ class Converter:
         return _manifest_of(doc, media_type)
 
     async def _convert_manifest(self, manifest: Manifest) -> Manifest:
-        doc = manifest.document()
-        config_desc = Descriptor(doc["config"])
+        doc = manifest.json()
+        config_desc = Descriptor.from_dict(doc["config"])
         config = json.loads(await self._source.get_blob(config_desc.digest))
         diff_ids: list[str] = list(config.get("rootfs", {}).get("diff_ids") or [])
-        layers = [Descriptor(layer) for layer in doc.get("layers") or []]
+        layers = [Descriptor.from_dict(layer) for layer in doc.get("layers") or []]
         if len(diff_ids) != len(layers):
             raise FormatError(
                 f"manifest {manifest.digest}: {len(layers)} layers but {len(diff_ids)} diff_ids"
             )
-        converted = await asyncio.gather(
-            *(self._convert_layer(layer, diff_id) for layer, diff_id in zip(layers, diff_ids))
-        )
+        pairs = zip(layers, diff_ids, strict=True)
+        converted = await asyncio.gather(*(self._convert_layer(*pair) for pair in pairs))
         config["rootfs"]["diff_ids"] = [layer.diff_id for layer in converted]
         config_raw = json.dumps(config, separators=(",", ":")).encode()
-        new_config = config_desc.replaced(
-            mediaType=mt.converted_config_type(config_desc.media_type, **self._flags()),
+        new_config = replace(
+            config_desc,
+            media_type=mt.converted_config_type(config_desc.media_type, **self._flags()),
             digest=_sha256(config_raw),
             size=len(config_raw),
         )
@@ -159,8 +157,8 @@ class Converter:
         media_type = mt.converted_manifest_type(manifest.media_type, **self._flags())
         doc.update(
             mediaType=media_type,
-            config=new_config.fields,
-            layers=[layer.desc.fields for layer in converted],
+            config=new_config.to_dict(),
+            layers=[layer.desc.to_dict() for layer in converted],
         )
         new_manifest = _manifest_of(doc, media_type)
         await self._dest.put_manifest(new_manifest.digest, new_manifest)
@@ -215,33 +213,25 @@ class Converter:
     def _already_converted(self, layer: Descriptor) -> bool:
         if layer.media_type not in mt.CONVERTIBLE_LAYERS:
             return True  # foreign layers are never converted, only carried over
-        wanted = mt.ZSTD_CHUNKED_ANNOTATIONS if self._options.zstd_chunked else mt.ESTARGZ_ANNOTATIONS
-        if self._options.zstd_chunked != (layer.media_type == mt.OCI_LAYER_ZSTD):
+        zstd = self._options.zstd_chunked
+        if zstd != (layer.media_type == mt.OCI_LAYER_ZSTD):
             return False
+        wanted = mt.ZSTD_CHUNKED_ANNOTATIONS if zstd else mt.ESTARGZ_ANNOTATIONS
         return wanted <= layer.annotations.keys()
 
     def _descriptor(self, layer: Descriptor, record: ConversionRecord) -> Descriptor:
-        annotations = layer.annotations
-        annotations.update(record.annotations)
         return Descriptor(
-            {
-                "mediaType": mt.converted_layer_type(layer.media_type, **self._flags()),
-                "digest": record.digest,
-                "size": record.size,
-                "annotations": annotations,
-            }
+            media_type=mt.converted_layer_type(layer.media_type, **self._flags()),
+            digest=record.digest,
+            size=record.size,
+            annotations={**layer.annotations, **record.annotations},
         )
 
-    def _platform_wanted(self, platform: dict[str, Any] | None) -> bool:
+    def _platform_wanted(self, platform: Platform | None) -> bool:
         if not self._options.platforms:
             return True
-        if not platform:
-            return False
-        name = f"{platform.get('os')}/{platform.get('architecture')}"
-        variant = platform.get("variant")
-        return any(
-            p == name or (variant is not None and p == f"{name}/{variant}")
-            for p in self._options.platforms
+        return platform is not None and any(
+            Platform.parse(wanted).matches(platform) for wanted in self._options.platforms
         )
 
     def _flags(self) -> dict[str, bool]:

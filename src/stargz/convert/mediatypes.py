@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from stargz.estargz.writer import (
+    TOC_DIGEST_ANNOTATION,
+    UNCOMPRESSED_SIZE_ANNOTATION,
+    ZSTD_MANIFEST_CHECKSUM_ANNOTATION,
+    ZSTD_MANIFEST_POSITION_ANNOTATION,
+)
+
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -22,14 +29,11 @@ CONVERTIBLE_LAYERS = frozenset(
     {OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, DOCKER_LAYER_GZIP, DOCKER_LAYER}
 )
 
-TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
-UNCOMPRESSED_SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
-ZSTD_CHECKSUM_ANNOTATION = "io.containers.zstd-chunked.manifest-checksum"
-ZSTD_POSITION_ANNOTATION = "io.containers.zstd-chunked.manifest-position"
-
 # What each converted layer's annotations must hold for it to count as already converted.
 ESTARGZ_ANNOTATIONS = frozenset({TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION})
-ZSTD_CHUNKED_ANNOTATIONS = frozenset({ZSTD_CHECKSUM_ANNOTATION, ZSTD_POSITION_ANNOTATION})
+ZSTD_CHUNKED_ANNOTATIONS = frozenset(
+    {ZSTD_MANIFEST_CHECKSUM_ANNOTATION, ZSTD_MANIFEST_POSITION_ANNOTATION}
+)
 
 
 def converted_layer_type(source_type: str, *, oci: bool, zstd_chunked: bool) -> str:

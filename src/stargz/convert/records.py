@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from stargz.estargz import BuildResult
+from stargz.estargz.writer import BuildResult
 
 
 @dataclass(frozen=True)

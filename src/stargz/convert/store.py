@@ -5,56 +5,19 @@ Both sides speak the same small protocol, so the converter does not care which i
 
 from __future__ import annotations
 
-import json
+import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
+
+from stargz.errors import VerificationError
+from stargz.registry.client import RegistryClient
+from stargz.registry.layout import OCILayout
+from stargz.registry.manifest import Descriptor, Manifest, make_manifest, new_hasher
+from stargz.registry.reference import Reference
 
 ProgressFn = Callable[[int], None]
-
-
-@dataclass(frozen=True)
-class Descriptor:
-    """An OCI content descriptor (kept as the JSON object it came from, so no field is lost)."""
-
-    fields: dict[str, Any]
-
-    @property
-    def media_type(self) -> str:
-        return str(self.fields.get("mediaType", ""))
-
-    @property
-    def digest(self) -> str:
-        return str(self.fields["digest"])
-
-    @property
-    def size(self) -> int:
-        return int(self.fields["size"])
-
-    @property
-    def annotations(self) -> dict[str, str]:
-        return dict(self.fields.get("annotations") or {})
-
-    def replaced(self, **changes: Any) -> Descriptor:
-        fields = dict(self.fields)
-        fields.update(changes)
-        return Descriptor(fields)
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """A manifest or index as stored: its raw bytes are what its digest covers."""
-
-    raw: bytes
-    media_type: str
-    digest: str
-
-    def document(self) -> dict[str, Any]:
-        doc = json.loads(self.raw)
-        if not isinstance(doc, dict):
-            raise ValueError("manifest is not a JSON object")
-        return doc
+_UPLOAD_CHUNK = 8 << 20  # chunked uploads keep memory flat for any layer size
 
 
 class ImageStore(Protocol):
@@ -88,3 +51,104 @@ class ImageStore(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class RegistryStore:
+    """A repository in a registry, through the registry client."""
+
+    def __init__(self, client: RegistryClient, ref: Reference) -> None:
+        self._client = client
+        self._repo = ref.repo_only()
+
+    @property
+    def display_name(self) -> str:
+        return self._repo.name
+
+    async def get_manifest(self, reference: str) -> Manifest:
+        return await self._client.fetch_manifest(self._named(reference))
+
+    async def get_blob(self, digest: str) -> bytes:
+        return await self._client.get_blob(self._repo, digest)
+
+    async def fetch_blob(self, desc: Descriptor, dest: Path, progress: ProgressFn) -> None:
+        done = 0
+        with dest.open("wb") as out:
+            async for piece in self._client.stream_blob(self._repo, desc.digest):
+                await asyncio.to_thread(out.write, piece)
+                done += len(piece)
+                progress(done)
+
+    async def has_blob(self, digest: str) -> bool:
+        return await self._client.blob_exists(self._repo, digest)
+
+    async def push_blob(self, desc: Descriptor, source: Path | bytes, progress: ProgressFn) -> None:
+        await self._client.push_blob(self._repo, source, desc.digest, chunk_size=_UPLOAD_CHUNK)
+        progress(desc.size)
+
+    async def put_manifest(self, reference: str, manifest: Manifest) -> None:
+        await self._client.put_manifest(self._named(reference), manifest.raw, manifest.media_type)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _named(self, reference: str) -> Reference:
+        if reference.startswith("sha256:"):
+            return self._repo.with_digest(reference)
+        return self._repo.with_tag(reference)
+
+
+class LayoutStore:
+    """An OCI image layout directory (``oci:DIR[:TAG]``)."""
+
+    def __init__(self, layout: OCILayout) -> None:
+        self._layout = layout
+
+    @property
+    def display_name(self) -> str:
+        return f"oci:{self._layout.root}"
+
+    async def get_manifest(self, reference: str) -> Manifest:
+        if reference.startswith("sha256:"):
+            digest, media_type = reference, None
+        else:
+            entry = self._layout.resolve(reference or None)
+            digest, media_type = entry.digest, entry.media_type
+        raw = await asyncio.to_thread(self._layout.read_blob, digest)
+        return make_manifest(raw, media_type, digest)
+
+    async def get_blob(self, digest: str) -> bytes:
+        return await asyncio.to_thread(self._layout.read_blob, digest)
+
+    async def fetch_blob(self, desc: Descriptor, dest: Path, progress: ProgressFn) -> None:
+        def copy() -> None:
+            hasher = new_hasher(desc.digest)
+            with self._layout.open_blob(desc.digest) as src, dest.open("wb") as out:
+                while piece := src.read(_UPLOAD_CHUNK):
+                    hasher.update(piece)
+                    out.write(piece)
+            if f"{hasher.name}:{hasher.hexdigest()}" != desc.digest:
+                raise VerificationError(f"blob {desc.digest} in {self.display_name} is corrupt")
+
+        await asyncio.to_thread(copy)
+        progress(desc.size)
+
+    async def has_blob(self, digest: str) -> bool:
+        return self._layout.has_blob(digest)
+
+    async def push_blob(self, desc: Descriptor, source: Path | bytes, progress: ProgressFn) -> None:
+        if isinstance(source, bytes):
+            await asyncio.to_thread(self._layout.write_blob, source)
+        else:
+            await asyncio.to_thread(self._layout.copy_blob_file, source, desc.digest)
+        progress(desc.size)
+
+    async def put_manifest(self, reference: str, manifest: Manifest) -> None:
+        if reference.startswith("sha256:"):
+            await asyncio.to_thread(self._layout.write_blob, manifest.raw)
+        else:
+            await asyncio.to_thread(
+                self._layout.put_manifest, manifest.raw, manifest.media_type, reference
+            )
+
+    async def aclose(self) -> None:
+        pass
