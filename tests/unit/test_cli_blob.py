@@ -294,3 +294,69 @@ def test_help_lists_the_blob_commands(capsys: pytest.CaptureFixture[str]) -> Non
     assert code == 0
     for command in ("build", "verify", "ls", "toc", "extract"):
         assert command in stdout
+
+
+def test_min_chunk_size_packs_small_files_and_still_verifies(
+    capsys: pytest.CaptureFixture[str], layer: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "packed.esgz"
+    summary = build(capsys, layer, out, "--min-chunk-size", "4096")
+    code, _, stderr = run(capsys, "blob", "verify", out, "--toc-digest", summary["toc_digest"])
+    assert (code, stderr) == (0, "")
+    toc = json.loads(run_process("blob", "toc", out).stdout)
+    assert any(e.get("innerOffset", 0) > 0 for e in toc["entries"])  # files share a member
+    dest = tmp_path / "root"
+    assert run(capsys, "blob", "extract", out, dest, "--toc-digest", summary["toc_digest"])[0] == 0
+    assert (dest / "big/text.txt").read_bytes().startswith(b"line 0 of a text file")
+
+
+def _tar_of(path: Path, *members: tuple[tarfile.TarInfo, bytes | None]) -> Path:
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            info.size = len(data) if data is not None else 0
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def _symlink(name: str, target: str) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.SYMTYPE, target
+    return info, None
+
+
+def test_extract_never_writes_outside_the_directory(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "a" / "b" / "root"
+    escaping = _tar_of(
+        tmp_path / "escaping.tar",
+        (tarfile.TarInfo("../../escape"), b"cleaned to escape\n"),
+        (tarfile.TarInfo("/abs/file"), b"cleaned to abs/file\n"),
+        _symlink("to-outside", str(outside)),
+        _symlink("relative-up", "../../../outside"),
+    )
+    blob = tmp_path / "escaping.esgz"
+    summary = build(capsys, escaping, blob)
+    code, _, stderr = run(capsys, "blob", "extract", blob, dest, "--toc-digest",
+                          summary["toc_digest"])
+    assert (code, stderr) == (0, "")
+    assert (dest / "escape").read_bytes() == b"cleaned to escape\n"
+    assert (dest / "abs/file").read_bytes() == b"cleaned to abs/file\n"
+    assert os.readlink(dest / "to-outside") == str(outside)  # kept as a link, not followed
+    assert sorted(os.listdir(tmp_path)) == ["a", "escaping.esgz", "escaping.tar", "outside"]
+    assert os.listdir(outside) == []
+
+    through_link = _tar_of(
+        tmp_path / "through.tar",
+        _symlink("link", str(outside)),
+        (tarfile.TarInfo("link/pwned"), b"must not land outside\n"),
+    )
+    blob = tmp_path / "through.esgz"
+    summary = build(capsys, through_link, blob)
+    code, _, stderr = run(capsys, "blob", "extract", blob, tmp_path / "root2", "--toc-digest",
+                          summary["toc_digest"])
+    assert code == 1
+    assert stderr.startswith("stargz: error: ") and stderr.count("\n") == 1
+    assert os.listdir(outside) == []

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from stargz.cli.listing import filesystem_view, format_toc_entry
 from stargz.errors import ConfigError, VerificationError
+from stargz.estargz.extract import extract
 from stargz.estargz.reader import VerifiedBlob, open_blob
 from stargz.estargz.source import FileSource
 from stargz.estargz.writer import BuildOptions, build
@@ -224,8 +225,6 @@ def run_toc(args: argparse.Namespace) -> int:
 
 
 def run_extract(args: argparse.Namespace) -> int:
-    from stargz.estargz.extract import extract
-
     if args.dest.exists() and not args.dest.is_dir():
         raise ConfigError(f"{args.dest} exists and is not a directory")
     with FileSource(args.blob) as source:
