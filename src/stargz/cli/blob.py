@@ -97,7 +97,7 @@ def _register_build(sub: Subparsers) -> None:
     cmd.set_defaults(handler=run_build)
 
 
-def _prioritized(args: argparse.Namespace) -> tuple[str, ...]:
+def prioritized_paths(args: argparse.Namespace) -> tuple[str, ...]:
     paths: list[str] = list(args.prioritize)
     if args.prioritize_file is not None:
         text = args.prioritize_file.read_text(encoding="utf-8", errors="surrogateescape")
@@ -113,7 +113,7 @@ def _build_options(args: argparse.Namespace) -> BuildOptions:
     }
     return BuildOptions(
         **{k: v for k, v in given.items() if v is not None},
-        prioritized=_prioritized(args),
+        prioritized=prioritized_paths(args),
         allow_missing_prioritized=args.allow_missing_prioritized,
         compression="zstd-chunked" if args.zstd_chunked else "gzip",
     )

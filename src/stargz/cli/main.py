@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from stargz.cli import blob, rpull
+from stargz.cli import blob, convert, rpull
 from stargz.errors import StargzError
 
 PROG = "stargz"
@@ -27,6 +27,7 @@ EXIT_INTERRUPTED = 130
 # Command groups, in the order `stargz --help` lists them. Later groups add themselves here.
 GROUPS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
     blob.register,
+    convert.register,
     rpull.register,
 )
 

@@ -1,0 +1,38 @@
+"""Registry options shared by every command that talks to a registry."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable
+from pathlib import Path
+
+from stargz.registry.client import RegistryClient
+from stargz.registry.credentials import CredentialStore
+from stargz.registry.hosts import HostsConfig
+from stargz.registry.reference import Reference
+
+
+def add_registry_options(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--plain-http", action="store_true",
+                     help="talk plain HTTP to the registries named on the command line")
+    cmd.add_argument("--insecure-host", action="append", default=[], metavar="HOST[:PORT]",
+                     help="talk plain HTTP to this registry (repeatable)")
+    cmd.add_argument("--hosts-dir", type=Path, metavar="DIR",
+                     help="containerd-style hosts directory (DIR/<host>/hosts.toml): "
+                     "mirrors, CAs, plain HTTP")
+    cmd.add_argument("--user", metavar="USER:PASSWORD",
+                     help="registry credentials (default: $STARGZ_USERNAME/$STARGZ_PASSWORD, "
+                     "then the Docker config)")
+
+
+def registry_client(args: argparse.Namespace, refs: Iterable[Reference]) -> RegistryClient:
+    insecure = set(args.insecure_host)
+    if args.plain_http:
+        insecure.update(ref.registry for ref in refs if not ref.is_layout)
+    username = password = None
+    if args.user:
+        username, _, password = args.user.partition(":")
+    return RegistryClient(
+        hosts=HostsConfig.create(args.hosts_dir, insecure),
+        credentials=CredentialStore.from_environment(username, password or None),
+    )
