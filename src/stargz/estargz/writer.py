@@ -40,6 +40,9 @@ TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 UNCOMPRESSED_SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
 ZSTD_MANIFEST_CHECKSUM_ANNOTATION = "io.containers.zstd-chunked.manifest-checksum"
 ZSTD_MANIFEST_POSITION_ANNOTATION = "io.containers.zstd-chunked.manifest-position"
+# A member packing small files is closed past this many uncompressed bytes, so reading
+# one small file never means inflating an unbounded member.
+_PACKED_MEMBER_LIMIT = 1 << 20
 _DROPPED_NAMES = frozenset({TOC_TAR_NAME, PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK})
 
 
@@ -143,7 +146,7 @@ class _Builder:
         return (
             0 < member.size < opts.min_chunk_size
             and member.size <= opts.chunk_size
-            and self._layout.open_size < opts.chunk_size
+            and self._layout.open_size < max(opts.chunk_size, _PACKED_MEMBER_LIMIT)
             and clean_name(member.name) not in (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK)
         )
 
