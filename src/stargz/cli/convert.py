@@ -7,6 +7,7 @@ import asyncio
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stargz.cli.blob import non_negative_int, positive_int, prioritized_paths
 from stargz.cli.registry_opts import add_registry_options, registry_client
@@ -17,7 +18,9 @@ from stargz.registry.client import RegistryClient
 from stargz.registry.layout import OCILayout
 from stargz.registry.reference import Reference
 
-Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+if TYPE_CHECKING:
+    from stargz.cli.blob import Subparsers
+
 
 
 def register(commands: Subparsers) -> None:
