@@ -114,11 +114,22 @@ class SnapshotterProcess:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+# Garbage collection only when asked (``--sync`` removals): a test's unreferenced snapshots
+# (ctr's views carry no gc.root label) then stay until the test is done with them.
+NO_BACKGROUND_GC = """
+[plugins."io.containerd.gc.v1.scheduler"]
+  deletion_threshold = 0
+  mutation_threshold = 1000000
+  startup_delay = "1h"
+"""
+
+
 class Containerd:
     """containerd with our snapshotter registered as proxy plugin ``stargz``."""
 
-    def __init__(self, workdir: Path, snapshotter_address: Path) -> None:
+    def __init__(self, workdir: Path, snapshotter_address: Path, extra_config: str = "") -> None:
         self.workdir = workdir
+        self.extra_config = extra_config
         self.address = workdir / "containerd.sock"
         self.snapshotter_address = snapshotter_address
         self.proc: subprocess.Popen[bytes] | None = None
@@ -135,6 +146,7 @@ class Containerd:
                 name=PROXY_NAME,
                 snapshotter=self.snapshotter_address,
             )
+            + self.extra_config
         )
         return config
 
