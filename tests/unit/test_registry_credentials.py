@@ -1,0 +1,119 @@
+"""Credentials from the Docker config, helpers, flags and env; secrets stay out of reprs."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from stargz.errors import AuthError, ConfigError
+from stargz.registry.credentials import Credentials, CredentialStore, normalize_host
+
+SECRET = "s3cr3t-Pa55"
+
+
+def write_config(directory: Path, config: dict[str, object]) -> Path:
+    path = directory / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def write_helper(directory: Path, name: str, script: str) -> None:
+    helper = directory / f"docker-credential-{name}"
+    helper.write_text("#!/bin/sh\n" + script)
+    helper.chmod(0o755)
+
+
+def get(store: CredentialStore, host: str) -> Credentials | None:
+    return asyncio.run(store.get(host))
+
+
+def test_normalize_host() -> None:
+    assert normalize_host("https://index.docker.io/v1/") == "docker.io"
+    assert normalize_host("registry-1.docker.io") == "docker.io"
+    assert normalize_host("http://h:5000/v2/") == "h:5000"
+    assert normalize_host("h:5000") == "h:5000"
+
+
+def test_auths_base64_and_plain_fields(tmp_path: Path) -> None:
+    encoded = base64.b64encode(f"alice:{SECRET}".encode()).decode()
+    config = write_config(tmp_path, {"auths": {
+        "https://index.docker.io/v1/": {"auth": encoded},
+        "h:5000": {"username": "bob", "password": SECRET},
+        "tok.example": {"identitytoken": "refresh-me"},
+    }})
+    store = CredentialStore(docker_config=config)
+    assert get(store, "docker.io") == Credentials("alice", SECRET)
+    assert get(store, "h:5000") == Credentials("bob", SECRET)
+    token = get(store, "tok.example")
+    assert token is not None and token.identity_token and token.secret == "refresh-me"
+    assert get(store, "other.example") is None
+
+
+def test_explicit_beats_config(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"auths": {"h:1": {"username": "x", "password": "y"}}})
+    store = CredentialStore(per_host={"h:1": Credentials("flag", SECRET)}, docker_config=config)
+    assert get(store, "h:1") == Credentials("flag", SECRET)
+    assert get(CredentialStore(default=Credentials("d", SECRET), docker_config=config),
+               "h:1") == Credentials("d", SECRET)
+
+
+def test_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    write_config(tmp_path, {"auths": {"h:2": {"username": "cfg", "password": SECRET}}})
+    monkeypatch.setenv("STARGZ_USERNAME", "envuser")
+    monkeypatch.setenv("STARGZ_PASSWORD", SECRET)
+    assert get(CredentialStore.from_environment(), "h:2") == Credentials("envuser", SECRET)
+    monkeypatch.delenv("STARGZ_USERNAME")
+    monkeypatch.delenv("STARGZ_PASSWORD")
+    assert get(CredentialStore.from_environment(), "h:2") == Credentials("cfg", SECRET)
+    with pytest.raises(ConfigError):
+        CredentialStore.from_environment(username="only-user")
+
+
+def test_cred_helpers_and_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    write_helper(tmp_path, "per", 'read h; echo "{\\"Username\\":\\"u-$h\\",\\"Secret\\":\\"'
+                 + SECRET + '\\"}"\n')
+    write_helper(tmp_path, "store", 'read h; if [ "$h" = "https://index.docker.io/v1/" ]; then '
+                 'echo \'{"Username":"<token>","Secret":"idtok"}\'; else '
+                 'echo "credentials not found in native keychain"; exit 1; fi\n')
+    write_helper(tmp_path, "broken", f"echo 'oops {SECRET}' >&2; exit 3\n")
+    config = write_config(tmp_path, {"credHelpers": {"h:3": "per", "h:4": "broken"},
+                                     "credsStore": "store",
+                                     "auths": {"h:5": {"username": "inline", "password": "p"}}})
+    store = CredentialStore(docker_config=config)
+    assert get(store, "h:3") == Credentials("u-h:3", SECRET)
+    hub = get(store, "docker.io")
+    assert hub is not None and hub.identity_token and hub.secret == "idtok"
+    # The store does not know h:5: the inline entry is used.
+    assert get(store, "h:5") == Credentials("inline", "p")
+    with pytest.raises(AuthError) as info:
+        get(store, "h:4")
+    assert SECRET not in str(info.value)
+    missing = write_config(tmp_path, {"credsStore": "absent"})
+    with pytest.raises(AuthError, match="not installed"):
+        get(CredentialStore(docker_config=missing), "h:6")
+
+
+def test_bad_config(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text("{not json")
+    with pytest.raises(ConfigError):
+        get(CredentialStore(docker_config=path), "h")
+    write_config(tmp_path, {"auths": {"h": {"auth": "!!notbase64"}}})
+    with pytest.raises(ConfigError) as info:
+        get(CredentialStore(docker_config=path), "h")
+    assert "notbase64" not in str(info.value)
+
+
+def test_secrets_never_in_repr() -> None:
+    creds = Credentials("alice", SECRET)
+    store = CredentialStore(per_host={"h": creds}, default=creds)
+    for text in (repr(creds), str(creds), repr(store), f"{creds}", str([creds])):
+        assert SECRET not in text
+    assert "alice" in repr(creds)
