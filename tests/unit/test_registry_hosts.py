@@ -51,7 +51,8 @@ server = "https://registry-1.docker.io"
 
 
 def test_plain_http_server_with_port_dir_and_ca(tmp_path: Path) -> None:
-    write_hosts(tmp_path, "127.0.0.1:5443", 'server = "https://127.0.0.1:5443"\nca = "/abs/c.pem"\n')
+    write_hosts(tmp_path, "127.0.0.1:5443",
+                'server = "https://127.0.0.1:5443"\nca = "/abs/c.pem"\n')
     write_hosts(tmp_path, "127.0.0.1:5000", 'server = "http://127.0.0.1:5000"\n')
     hosts = HostsConfig.create(tmp_path)
     [tls] = hosts.endpoints("127.0.0.1:5443")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -84,7 +86,7 @@ def test_check_single() -> None:
 @given(st.binary(min_size=1, max_size=2000), st.data())
 def test_multipart_roundtrip(data: bytes, draw: st.DataObject) -> None:
     points = sorted(draw.draw(st.sets(st.integers(0, len(data)), min_size=2, max_size=10)))
-    ranges = [(a, b) for a, b in zip(points, points[1:], strict=False) if a < b]
+    ranges = [(a, b) for a, b in itertools.pairwise(points) if a < b]
     if not ranges:
         return
     parts = parse_multipart(multipart(data, ranges), "B0UND")
