@@ -84,3 +84,19 @@ def test_snapshots_ls_prepare_rm(stack: Stack, image: str) -> None:
 
     ctd.ctr("snapshots", "--snapshotter", "stargz", "rm", "scratch")
     assert "scratch" not in [r[0] for r in _snapshots(stack)]
+
+
+def test_killed_snapshotter_comes_back_with_everything(stack: Stack, image: str) -> None:
+    stack.containerd.ctr("images", "pull", "--snapshotter", "stargz", "--plain-http", image)
+    before = _snapshots(stack)
+    proc = stack.snapshotter.proc
+    assert proc is not None
+    proc.kill()  # no clean shutdown: SQLite's journal must carry us
+    proc.wait()
+    stack.snapshotter.proc = None
+    stack.snapshotter.start()
+    out = stack.containerd.ctr_retry(
+        "run", "--rm", "--snapshotter", "stargz", image, "t-killed", "cat", "/etc/motd"
+    )
+    assert out == MOTD
+    assert _snapshots(stack) == before

@@ -65,3 +65,45 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         f"stargz snapshotter: config {config}: [snapshotter] root must be an absolute path"
     ]
+
+
+def test_second_daemon_refuses_a_live_socket_or_root(tmp_path: Path) -> None:
+    sock = tmp_path / "stargz.sock"
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stargz.snapshotter.daemon",
+            "--address",
+            str(sock),
+            "--root",
+            str(tmp_path / "root"),
+        ],
+        stderr=subprocess.DEVNULL,
+        cwd=REPO,
+    )
+    try:
+        wait_for_socket(sock, first, "snapshotter")
+        for root, message in ((tmp_path / "root2", "is in use"), (tmp_path / "root", "is using")):
+            second = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "stargz.snapshotter.daemon",
+                    "--address",
+                    str(sock),
+                    "--root",
+                    str(root),
+                ],
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+                timeout=60,
+            )
+            assert second.returncode != 0 and message in second.stderr
+            assert len(second.stderr.strip().splitlines()) == 1
+        wait_for_socket(sock, first, "snapshotter")  # the first one still serves
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(30)
+    assert first.returncode == 0

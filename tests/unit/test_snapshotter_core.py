@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stargz.errors import FailedPreconditionError, NotFoundError
+from stargz.errors import FailedPreconditionError, NotFoundError, RuntimeIntegrationError
 from stargz.snapshotter.layout import Mount, disk_usage
 from stargz.snapshotter.metastore import Kind, Usage
 from stargz.snapshotter.snapshotter import Snapshotter
@@ -177,3 +177,21 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
         assert [i.kind for i in run(second.walk(["kind==committed"]))] == [Kind.COMMITTED]
     finally:
         second.close()
+
+
+def test_one_snapshotter_per_root(tmp_path: Path) -> None:
+    first = Snapshotter(tmp_path / "root")
+    with pytest.raises(RuntimeIntegrationError, match="another snapshotter is using"):
+        Snapshotter(tmp_path / "root")
+    first.close()
+    Snapshotter(tmp_path / "root").close()  # free again once the first is closed
+
+
+def test_corrupt_metadata_is_a_clear_error(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "metadata.sqlite").write_bytes(b"this is not a database, just junk bytes " * 100)
+    with pytest.raises(RuntimeIntegrationError, match=r"metadata .* is unusable"):
+        Snapshotter(root)
+    (root / "metadata.sqlite").unlink()
+    Snapshotter(root).close()  # the failed attempt did not keep the root locked

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import grpc
 
-from stargz.errors import ConfigError, StargzError
+from stargz.errors import ConfigError, RuntimeIntegrationError, StargzError
 from stargz.snapshotter.api import snapshots_pb2_grpc
 from stargz.snapshotter.remote import RemoteLayers
 from stargz.snapshotter.service import SnapshotsService
@@ -90,24 +91,40 @@ async def serve(config: SnapshotterConfig, remote: RemoteLayers | None = None) -
         servicer = SnapshotsService(snapshotter)
         # the generated registration function carries no annotations
         snapshots_pb2_grpc.add_SnapshotsServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-        _prepare_socket(config.address)
-        server.add_insecure_port(f"unix://{config.address}")
-        await server.start()
-        log.info("serving containerd snapshots on %s (root %s)", config.address, config.root)
-        await _wait_for_signal()
-        log.info("shutting down")
-        await server.stop(SHUTDOWN_GRACE_S)
+        _claim_socket(config.address)
+        try:
+            _listen(server, config.address)
+            await server.start()
+            log.info("serving containerd snapshots on %s (root %s)", config.address, config.root)
+            await _wait_for_signal()
+            log.info("shutting down")
+            await server.stop(SHUTDOWN_GRACE_S)
+        finally:
+            config.address.unlink(missing_ok=True)
     finally:
         snapshotter.close()
-        config.address.unlink(missing_ok=True)
 
 
-def _prepare_socket(address: Path) -> None:
+def _claim_socket(address: Path) -> None:
+    """Make way for our socket: remove a stale one, refuse one a live daemon answers on."""
     address.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
     if address.is_socket():
-        address.unlink()  # left by a daemon that did not stop cleanly
-    elif address.exists():
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(str(address))
+            except OSError:
+                address.unlink()  # left by a daemon that did not stop cleanly
+                return
+        raise ConfigError(f"socket {address} is in use by another process")
+    if address.exists():
         raise ConfigError(f"socket path {address} exists and is not a socket")
+
+
+def _listen(server: grpc.aio.Server, address: Path) -> None:
+    try:
+        server.add_insecure_port(f"unix://{address}")
+    except RuntimeError as err:
+        raise RuntimeIntegrationError(f"can not listen on {address}: {err}") from None
 
 
 async def _wait_for_signal() -> None:

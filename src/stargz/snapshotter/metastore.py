@@ -23,6 +23,7 @@ from stargz.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    RuntimeIntegrationError,
 )
 from stargz.snapshotter.filters import Filter
 
@@ -129,10 +130,14 @@ class MetaStore:
         self.path = path
         # autocommit mode: transactions are begun and ended explicitly below
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as err:
+            self._db.close()
+            raise RuntimeIntegrationError(f"metadata {path} is unusable: {err}") from None
 
     @contextmanager
     def transaction(self, write: bool = False) -> Iterator[Transaction]:

@@ -12,6 +12,7 @@ and the hook's own work run while other requests proceed.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -33,19 +34,26 @@ from stargz.snapshotter.remote import (
 log = logging.getLogger(__name__)
 
 METADATA_FILE = "metadata.sqlite"
+LOCK_FILE = "lock"
 
 
 class Snapshotter:
     def __init__(self, root: Path, remote: RemoteLayers | None = None) -> None:
         self.layout = Layout(root)
         self.layout.create_dirs()
-        self.store = MetaStore(root / METADATA_FILE)
+        self._lock = _lock_root(root)
+        try:
+            self.store = MetaStore(root / METADATA_FILE)
+        except BaseException:
+            os.close(self._lock)
+            raise
         self.remote: RemoteLayers = remote if remote is not None else NoRemoteLayers()
         # ids of remote snapshots the hook could not mount again after a restart
         self._unavailable: set[str] = set()
 
     def close(self) -> None:
         self.store.close()
+        os.close(self._lock)  # closing the descriptor drops the flock
 
     async def restore_remote(self) -> None:
         """Hand every committed remote snapshot back to the hook to be mounted again."""
@@ -222,6 +230,17 @@ class Snapshotter:
             await self.remote.release(name, directory)
         except Exception as err:  # releasing is best effort: the snapshot is already gone
             log.warning("releasing remote layer %s at %s failed: %s", name, directory, err)
+
+
+def _lock_root(root: Path) -> int:
+    """One daemon per root: two would hand out the same ids and remove each other's dirs."""
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RuntimeIntegrationError(f"another snapshotter is using {root}") from None
+    return fd
 
 
 def _serves_target(info: Info, target: str, parent: str) -> bool:
