@@ -100,6 +100,19 @@ def tar_files(tar: Path) -> dict[str, bytes]:
     return files
 
 
+def tar_xattrs(tar: Path) -> dict[str, dict[str, bytes]]:
+    """SCHILY.xattr PAX records by cleaned path (tarfile hands binary values back escaped)."""
+    prefix = "SCHILY.xattr."
+    with tarfile.open(tar) as archive:
+        return {
+            clean_name(m.name): {
+                k[len(prefix):]: v.encode("utf-8", "surrogateescape")
+                for k, v in m.pax_headers.items() if k.startswith(prefix)
+            }
+            for m in archive if any(k.startswith(prefix) for k in m.pax_headers)
+        }
+
+
 def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -153,6 +166,9 @@ def test_go_blob_reads_back_with_ours(case: str, compression: str, tmp_path: Pat
         ours = open_blob(source).verify(built.toc_digest)
         for path, data in tar_files(tar).items():
             assert ours.read_file(path, 0, len(data)) == data, path
+        for path, xattrs in tar_xattrs(tar).items():
+            entry = ours.lookup(path)
+            assert entry is not None and entry.xattrs == xattrs, path
     assert our_listing(blob) == go_listing(go_verify(blob, built.toc_digest))
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 DEFAULT_CACHE = Path("/var/cache/stargz-tests")
 # Bump a recipe's version when its contents change, so stale cached copies are not reused.
-BUSYBOX_TAR = "busybox-rootfs-v1.tar"
+BUSYBOX_TAR = "busybox-rootfs-v2.tar"
 DEBIAN_TAR = "bookworm-python3-rootfs-v1.tar"
 FIXED_MTIME = 1_700_000_000  # deterministic tars: same recipe, same bytes
 
@@ -132,7 +132,8 @@ def populate_busybox_rootfs(root: Path) -> None:
     os.mknod(root / "dev/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
     _write(root / "srv/data/with-xattrs", b"xattr carrier\n")
     os.setxattr(root / "srv/data/with-xattrs", "user.stargz.test", b"value-1")
-    os.setxattr(root / "srv/data/with-xattrs", "user.stargz.other", b"")
+    # Not empty: PAX forbids empty SCHILY.xattr values (umoci drops them with a warning).
+    os.setxattr(root / "srv/data/with-xattrs", "user.stargz.other", b"\x01binary\xff")
     os.setxattr(root / "srv/data", "user.stargz.dir", b"dir-value")
     # Pseudo-random bytes do not compress: several members per file at small chunk sizes.
     _write(root / "srv/data/random.bin", _pseudo_random(300_000))

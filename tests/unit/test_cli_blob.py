@@ -265,13 +265,14 @@ def test_bad_inputs_give_one_line_and_status_1(
 ) -> None:
     garbage = tmp_path / "garbage.bin"
     garbage.write_bytes(os.urandom(4096))
-    for argv in (
+    cases: list[list[str | Path]] = [
         ["blob", "ls", garbage],
         ["blob", "toc", tmp_path / "missing.esgz"],
         ["blob", "build", tmp_path / "missing.tar", tmp_path / "out"],
         ["blob", "build", garbage, tmp_path / "out"],
         ["blob", "verify", garbage, "--toc-digest", "sha256:" + "1" * 64],
-    ):
+    ]
+    for argv in cases:
         code, stdout, stderr = run(capsys, *argv)
         assert (code, stdout) == (1, ""), argv
         assert stderr.startswith("stargz: error: ") and stderr.count("\n") == 1, stderr
