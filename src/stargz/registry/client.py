@@ -193,8 +193,7 @@ class RegistryClient:
         """A whole blob in memory, digest-verified (configs and other small blobs)."""
         return b"".join([chunk async for chunk in self.stream_blob(ref, digest)])
 
-    async def stream_blob(self, ref: Reference, digest: str,
-                          chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+    async def stream_blob(self, ref: Reference, digest: str) -> AsyncIterator[bytes]:
         """Yield the blob's bytes; a broken connection resumes with a Range request. Raises
         VerificationError at the end when the bytes do not match ``digest``: a consumer must
         not trust what it stored until the iterator finished without error."""
@@ -206,7 +205,7 @@ class RegistryClient:
                 response = await self._open_blob(ref, digest, received)
                 try:
                     total = _stream_total(response, received)
-                    async for chunk in response.aiter_bytes(chunk_size):
+                    async for chunk in response.aiter_bytes():
                         hasher.update(chunk)
                         received += len(chunk)
                         yield chunk

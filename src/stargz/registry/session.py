@@ -43,7 +43,8 @@ class Session:
         client = self._clients.get(key)
         if client is None:
             timeout = httpx.Timeout(self.retry.timeout)
-            headers = {"User-Agent": USER_AGENT}
+            # identity: blob bytes must arrive as stored, never re-encoded in transit.
+            headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
             if self._transport is not None:
                 client = httpx.AsyncClient(transport=self._transport, timeout=timeout,
                                            headers=headers)
