@@ -11,7 +11,6 @@ import contextlib
 import errno
 import logging
 import os
-import posixpath
 import stat
 from pathlib import Path
 
@@ -30,6 +29,7 @@ def extract(blob: VerifiedBlob, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     root_fd = os.open(dest, _DIR_FLAGS)
     try:
+        explicit = {id(e) for e in blob.toc.entries}  # the others are implied directories
         dirs: list[TOCEntry] = []
         for entry in blob.walk():
             if entry.name == "":
@@ -39,7 +39,7 @@ def extract(blob: VerifiedBlob, dest: Path) -> None:
                 dirs.append(entry)
         # Directory modes and times last: a read-only dir must not block its own children.
         for entry in reversed(dirs):
-            _finish_dir(root_fd, entry)
+            _finish_dir(root_fd, entry, keep_time=id(entry) not in explicit)
     finally:
         os.close(root_fd)
 
@@ -113,12 +113,13 @@ def _write_file(blob: VerifiedBlob, dir_fd: int, base: str, entry: TOCEntry) -> 
         os.close(fd)
 
 
-def _apply_metadata(fd: int, entry: TOCEntry) -> None:
+def _apply_metadata(fd: int, entry: TOCEntry, keep_time: bool = False) -> None:
     _set_xattrs(fd, entry)
     with contextlib.suppress(PermissionError):
         os.fchown(fd, entry.uid, entry.gid)
     os.fchmod(fd, entry.mode)  # after chown, which clears setuid/setgid
-    os.utime(fd, (entry.modtime, entry.modtime))
+    if not keep_time:  # an implied directory has no time of its own: like tar, leave "now"
+        os.utime(fd, (entry.modtime, entry.modtime))
 
 
 def _set_owner(dir_fd: int, base: str, entry: TOCEntry) -> None:
@@ -161,19 +162,14 @@ def _make_node(dir_fd: int, base: str, entry: TOCEntry) -> None:
         os.close(fd)
 
 
-def _finish_dir(root_fd: int, entry: TOCEntry) -> None:
+def _finish_dir(root_fd: int, entry: TOCEntry, keep_time: bool) -> None:
     parent_fd, base = _open_parent(root_fd, entry.name)
     try:
         fd = os.open(base, _DIR_FLAGS, dir_fd=parent_fd)
     finally:
         os.close(parent_fd)
     try:
-        _apply_metadata(fd, entry)
+        _apply_metadata(fd, entry, keep_time)
     finally:
         os.close(fd)
 
-
-def safe_join(dest: Path, name: str) -> Path:
-    """``dest/name`` for a cleaned TOC name (a helper for callers that print paths)."""
-    cleaned = posixpath.normpath("/" + name).lstrip("/")
-    return dest / cleaned if cleaned not in ("", ".") else dest
