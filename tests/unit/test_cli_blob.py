@@ -361,3 +361,15 @@ def test_extract_never_writes_outside_the_directory(
     assert code == 1
     assert stderr.startswith("stargz: error: ") and stderr.count("\n") == 1
     assert os.listdir(outside) == []
+
+
+def test_gzip_and_zstd_compressed_inputs_give_the_same_blob(
+    capsys: pytest.CaptureFixture[str], layer: Path, tmp_path: Path
+) -> None:
+    plain = build(capsys, layer, tmp_path / "plain.esgz")
+    gz = tmp_path / "layer.tar.gz"
+    gz.write_bytes(gzip.compress(layer.read_bytes()))
+    zst = tmp_path / "layer.tar.zst"
+    zst.write_bytes(zstandard.ZstdCompressor().compress(layer.read_bytes()))
+    assert build(capsys, gz, tmp_path / "gz.esgz") == plain
+    assert build(capsys, zst, tmp_path / "zst.esgz") == plain
