@@ -229,3 +229,19 @@ def test_restart_restores_remote_snapshots(tmp_path: Path, layers: DirectoryLaye
         assert "ctr" not in [i.name for i in run(second.walk([]))]
     finally:
         second.close()
+
+
+@pytest.mark.parametrize("bad", ["relative/dir", "{tmp}/missing", "{tmp}/with:colon"])
+def test_unusable_directory_from_the_hook_falls_back(
+    snap: Snapshotter, layers: DirectoryLayers, tmp_path: Path, bad: str
+) -> None:
+    bad = bad.format(tmp=tmp_path)
+    (tmp_path / "with:colon").mkdir()  # exists, but overlayfs would split the lowerdir at ":"
+
+    async def give_bad(key: str, chain: Sequence[str], labels: Mapping[str, str]) -> str:
+        return bad
+
+    layers.prepare_remote = give_bad  # type: ignore[method-assign]
+    mounts = run(snap.prepare("extract", "", stargz_labels("sha256:c1")))
+    assert mounts[0].type == "bind" and run(snap.stat("extract")).kind is Kind.ACTIVE
+    assert layers.calls == [("release", ("sha256:c1", bad))]

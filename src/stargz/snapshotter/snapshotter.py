@@ -67,6 +67,12 @@ class Snapshotter:
             except Exception as err:  # a hook failure must not keep the daemon from serving
                 log.warning("remote snapshot %s can not be restored: %s", name, err)
                 directory = None
+            if directory is not None and not _usable_lowerdir(directory):
+                log.error(
+                    "remote snapshot %s: hook gave %r, not an absolute directory", name, directory
+                )
+                await self._release(name, directory)
+                directory = None
             if directory is None:
                 self._unavailable.add(record.id)
                 continue
@@ -199,6 +205,14 @@ class Snapshotter:
                 "remote-snapshot-prepared=false key=%s: declined, falling back to download", key
             )
             return False
+        if not _usable_lowerdir(directory):
+            log.error(
+                "remote-snapshot-prepared=false key=%s: hook gave %r, not an absolute directory",
+                key,
+                directory,
+            )
+            await self._release(target, directory)
+            return False
         return await self._commit_remote(key, target, labels, directory)
 
     async def _commit_remote(
@@ -241,6 +255,11 @@ def _lock_root(root: Path) -> int:
         os.close(fd)
         raise RuntimeIntegrationError(f"another snapshotter is using {root}") from None
     return fd
+
+
+def _usable_lowerdir(directory: str) -> bool:
+    # overlayfs takes absolute paths only, and ":" separates lowerdirs
+    return os.path.isabs(directory) and ":" not in directory and os.path.isdir(directory)
 
 
 def _serves_target(info: Info, target: str, parent: str) -> bool:
