@@ -20,7 +20,7 @@ from stargz.errors import (
     TOCError,
 )
 from stargz.estargz.compression import gzip_member
-from stargz.estargz.footer import estargz_footer
+from stargz.estargz.footer import estargz_footer, legacy_footer
 from stargz.estargz.reader import VerifiedBlob, open_blob
 from stargz.estargz.source import BytesSource, CallableSource, FileSource
 from stargz.estargz.tarstream import ustar_header
@@ -210,3 +210,18 @@ def test_fuzz_mutated_blobs_only_typed_errors_and_never_wrong_bytes(data: st.Dat
 
 
 _FUZZ_BLOB = build_blob(_tar(), chunk_size=64)
+
+
+def test_legacy_footer_blobs_open() -> None:
+    raw, result = build_blob(_tar())
+    legacy = raw[:-51] + legacy_footer(open_blob(BytesSource(raw)).footer.toc_offset)
+    blob = open_blob(BytesSource(legacy))
+    assert blob.footer.kind == "legacy" and blob.toc_digest == result.toc_digest
+    assert blob.verify(result.toc_digest).read_file("a.txt", 0, 5) == b"hello"
+
+
+def test_names_that_are_not_utf8_still_give_a_readable_toc() -> None:
+    name = b"caf\xe9".decode("utf-8", "surrogateescape")
+    for fmt in ("pax", "gnu"):
+        blob, _, _ = built(make_tar([file(name, "x")], "", fmt))
+        assert blob.lookup("caf\ufffd") is not None

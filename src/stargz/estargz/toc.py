@@ -104,7 +104,9 @@ class TOC:
         text = json.dumps(doc, indent="\t", ensure_ascii=False, separators=(",", ": "))
         for raw, escaped in _GO_JSON_ESCAPES:
             text = text.replace(raw, escaped)
-        return text.encode("utf-8", "surrogateescape")
+        # Names that were not UTF-8 in the tar get U+FFFD for each bad byte, as Go does.
+        raw = text.encode("utf-8", "surrogateescape")
+        return raw.decode("utf-8", "replace").encode("utf-8")
 
 
 _GO_JSON_ESCAPES = (
