@@ -121,6 +121,8 @@ def test_error_codes_are_what_containerd_expects(tmp_path: Path) -> None:
                     )
                 ),
                 client.Prepare(pb.PrepareSnapshotRequest(key="z", labels={"k": "v" * 5000})),
+                client.Prepare(pb.PrepareSnapshotRequest(key="")),
+                client.Commit(pb.CommitSnapshotRequest(key="child", name="")),
             ],
         }
         for expected, calls in cases.items():

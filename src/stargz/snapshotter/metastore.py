@@ -118,6 +118,11 @@ def validate_labels(labels: Mapping[str, str]) -> None:
             )
 
 
+def _require_name(what: str, value: str) -> None:
+    if not value:
+        raise InvalidArgumentError(f"snapshot {what} must not be empty")
+
+
 def _stored_labels(labels: Mapping[str, str]) -> str:
     # containerd never stores empty-valued labels: setting one to "" deletes it
     return json.dumps({k: v for k, v in sorted(labels.items()) if v != ""})
@@ -202,6 +207,7 @@ class Transaction:
         """storage.CreateSnapshot: a new active or view snapshot on a committed parent."""
         if kind not in (Kind.ACTIVE, Kind.VIEW):
             raise InvalidArgumentError(f"snapshot type {kind.value} invalid")
+        _require_name("key", key)
         validate_labels(labels)
         if parent:
             parent_row = self._row(parent)
@@ -230,6 +236,7 @@ class Transaction:
         """storage.CommitActive: the active snapshot becomes committed under ``name``.
 
         The id (so the directory) is kept; labels are replaced, not inherited."""
+        _require_name("name", name)
         validate_labels(labels)
         if self._row(name) is not None:
             raise AlreadyExistsError(f"committed snapshot {name!r} already exists")
