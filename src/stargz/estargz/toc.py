@@ -102,11 +102,11 @@ class TOC:
         """Serialise as the reference does (tab-indented; <, >, & escaped like Go's encoder)."""
         doc = {"version": self.version, "entries": [e.to_json_dict() for e in self.entries]}
         text = json.dumps(doc, indent="\t", ensure_ascii=False, separators=(",", ": "))
-        for raw, escaped in _GO_JSON_ESCAPES:
-            text = text.replace(raw, escaped)
+        for plain, escaped in _GO_JSON_ESCAPES:
+            text = text.replace(plain, escaped)
         # Names that were not UTF-8 in the tar get U+FFFD for each bad byte, as Go does.
-        raw = text.encode("utf-8", "surrogateescape")
-        return raw.decode("utf-8", "replace").encode("utf-8")
+        encoded = text.encode("utf-8", "surrogateescape")
+        return encoded.decode("utf-8", "replace").encode("utf-8")
 
 
 _GO_JSON_ESCAPES = (
