@@ -47,7 +47,13 @@ from stargz.registry.ranges import (
     range_header,
 )
 from stargz.registry.reference import Reference, validate_digest
-from stargz.registry.retry import RetryableStatus, RetryPolicy, ShortBody, describe
+from stargz.registry.retry import (
+    RetryableStatus,
+    RetryPolicy,
+    ShortBody,
+    describe,
+    is_tls_failure,
+)
 from stargz.registry.session import Session, registry_error
 
 log = logging.getLogger("stargz.registry")
@@ -215,7 +221,7 @@ class RegistryClient:
                     raise ShortBody(f"blob {digest}: body ended at {received} of {total} bytes")
             except (httpx.TransportError, RetryableStatus, ShortBody) as err:
                 failures += 1
-                if failures > self.retry.max_retries:
+                if failures > self.retry.max_retries or is_tls_failure(err):
                     raise TransportError(f"GET blob {digest}: {describe(err)} "
                                          f"(gave up after {failures} attempts)") from None
                 await asyncio.sleep(self.retry.backoff(failures - 1, None))

@@ -6,6 +6,7 @@ import asyncio
 import email.utils
 import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -57,6 +58,9 @@ class RetryPolicy:
             try:
                 return await operation()
             except (httpx.TransportError, RetryableStatus, ShortBody) as err:
+                if is_tls_failure(err):
+                    raise TransportError(f"{what}: TLS verification failed ({describe(err)}); "
+                                         "configure the CA in hosts.toml") from None
                 if attempt >= self.max_retries:
                     raise TransportError(f"{what}: {describe(err)} "
                                          f"(gave up after {attempt + 1} attempts)") from None
@@ -65,6 +69,16 @@ class RetryPolicy:
                 log.debug("%s: %s, retrying in %.3f s", what, describe(err), delay)
                 attempt += 1
                 await asyncio.sleep(delay)
+
+
+def is_tls_failure(err: BaseException) -> bool:
+    """A certificate that does not verify will not verify on a retry either."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(err)
 
 
 def describe(err: BaseException) -> str:
