@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -65,7 +66,7 @@ def _grpc_errors(handler: Handler[R]) -> Handler[R]:
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
         try:
             return await handler(self, request, context)
-        except (StargzError, OSError) as err:
+        except (StargzError, OSError, sqlite3.Error) as err:
             code = status_for(err)
             if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
                 log.error("%s failed: %s", handler.__name__, err)
