@@ -1,0 +1,190 @@
+"""The thin pyfuse3 adapter: kernel requests in, FSCore calls, replies (or one errno) out.
+
+Layers never change, so the kernel is told to cache everything for long: entries and attributes
+for an hour, file pages kept across opens. The mount root and the state files do change (layers
+come and go, fetch progress grows): those are never cached.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import pyfuse3
+
+from stargz.fs.errmap import errno_for
+from stargz.fs.metrics import FSMetrics
+from stargz.fs.tree import Attr, FSCore, Node
+
+LONG_TIMEOUT = 3600.0  # seconds: layer contents are immutable
+T = TypeVar("T")
+
+
+class StargzOperations(pyfuse3.Operations):
+    """pyfuse3 operations over an :class:`FSCore`; read-only."""
+
+    enable_writeback_cache = False
+
+    def __init__(self, core: FSCore, metrics: FSMetrics) -> None:
+        super().__init__()
+        self.core = core
+        self.metrics = metrics
+        self._handles: dict[int, Node] = {}
+        self._next_fh = 1
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _label(self, ino: int) -> str:
+        return self.core.layer_label(ino)
+
+    async def _call(self, op: str, ino: int, fn: Callable[[], Awaitable[T]]) -> T:
+        label = self._label(ino)
+        self.metrics.operations.labels(label, op).inc()
+        try:
+            return await fn()
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:
+            code = errno_for(exc)
+            self.metrics.errors.labels(label, str(code)).inc()
+            raise pyfuse3.FUSEError(code) from exc
+
+    def _entry(self, attr: Attr, node: Node) -> pyfuse3.EntryAttributes:
+        out = pyfuse3.EntryAttributes()
+        out.st_ino = pyfuse3.InodeT(attr.ino)
+        out.st_mode = pyfuse3.ModeT(attr.mode)
+        out.st_nlink = attr.nlink
+        out.st_uid = attr.uid
+        out.st_gid = attr.gid
+        out.st_rdev = attr.rdev
+        out.st_size = attr.size
+        out.st_blksize = 4096
+        out.st_blocks = attr.blocks
+        ns = attr.mtime * 1_000_000_000
+        out.st_atime_ns = out.st_mtime_ns = out.st_ctime_ns = ns
+        volatile = node.kind in ("root", "state_dir", "state_file")
+        out.attr_timeout = 0.0 if volatile else LONG_TIMEOUT
+        out.entry_timeout = 0.0 if node.kind == "state_file" else LONG_TIMEOUT
+        if node.kind == "root" or (node.layer is not None and node is node.layer.root):
+            out.entry_timeout = 0.0  # a layer directory may be removed
+        return out
+
+    def _attr_of(self, node: Node) -> pyfuse3.EntryAttributes:
+        return self._entry(self.core.getattr(node.ino), node)
+
+    # -- operations -----------------------------------------------------------------------
+
+    async def lookup(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        async def run() -> pyfuse3.EntryAttributes:
+            return self._attr_of(self.core.lookup(parent_inode, os.fsdecode(name)))
+
+        return await self._call("lookup", parent_inode, run)
+
+    async def getattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        async def run() -> pyfuse3.EntryAttributes:
+            return self._attr_of(self.core.node(inode))
+
+        return await self._call("getattr", inode, run)
+
+    async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> bytes:
+        async def run() -> bytes:
+            return self.core.readlink(inode)
+
+        return await self._call("readlink", inode, run)
+
+    async def opendir(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileHandleT:
+        async def run() -> pyfuse3.FileHandleT:
+            self.core.listing(inode)  # ENOTDIR here rather than on the first readdir
+            return pyfuse3.FileHandleT(inode)
+
+        return await self._call("opendir", inode, run)
+
+    async def readdir(
+        self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
+    ) -> None:
+        async def run() -> None:
+            children = self.core.readdir(fh)
+            for index in range(start_id, len(children)):
+                name, node = children[index]
+                if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attr_of(node),
+                                             index + 1):
+                    break
+
+        await self._call("readdir", fh, run)
+
+    async def open(
+        self, inode: pyfuse3.InodeT, flags: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
+        async def run() -> pyfuse3.FileInfo:
+            if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
+                raise OSError(errno.EROFS, "read-only filesystem")
+            node = self.core.check_open(inode)
+            fh = self._next_fh
+            self._next_fh += 1
+            self._handles[fh] = node
+            if node.kind == "state_file":  # changes as the layer fills: no page cache
+                return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), direct_io=True)
+            return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=True)
+
+        return await self._call("open", inode, run)
+
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+        node = self._handles.get(fh)
+        ino = node.ino if node is not None else 0
+
+        async def run() -> bytes:
+            if node is None:
+                raise OSError(errno.EBADF, f"no open file handle {fh}")
+            started = time.perf_counter()
+            data = await self.core.read(node, off, size)
+            label = self._label(ino)
+            self.metrics.read_seconds.labels(label).observe(time.perf_counter() - started)
+            self.metrics.read_bytes.labels(label).inc(len(data))
+            return data
+
+        return await self._call("read", ino, run)
+
+    async def release(self, fh: pyfuse3.FileHandleT) -> None:
+        self._handles.pop(fh, None)
+
+    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
+        return None
+
+    async def getxattr(
+        self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
+    ) -> bytes:
+        async def run() -> bytes:
+            return self.core.getxattr(inode, name)
+
+        return await self._call("getxattr", inode, run)
+
+    async def listxattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> list[pyfuse3.XAttrNameT]:
+        async def run() -> list[pyfuse3.XAttrNameT]:
+            return [pyfuse3.XAttrNameT(n) for n in self.core.listxattr(inode)]
+
+        return await self._call("listxattr", inode, run)
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        async def run() -> pyfuse3.StatvfsData:
+            info = self.core.statfs()
+            out = pyfuse3.StatvfsData()
+            out.f_bsize = out.f_frsize = info.block_size
+            out.f_blocks = info.blocks
+            out.f_bfree = out.f_bavail = 0
+            out.f_files = info.files
+            out.f_ffree = out.f_favail = 0
+            out.f_namemax = info.name_max
+            return out
+
+        return await self._call("statfs", pyfuse3.ROOT_INODE, run)

@@ -1,0 +1,354 @@
+"""The FUSE-free filesystem core: one inode table over every mounted layer.
+
+The mount root holds one directory per layer (named by its digest). Inside a layer the TOC is
+shown as overlayfs expects a lower layer to look:
+
+- a whiteout ``.wh.NAME`` appears as ``NAME``, a 0:0 character device;
+- ``.wh..wh..opq`` is hidden and marks its directory opaque (``trusted.overlay.opaque`` and
+  ``user.overlay.opaque`` = ``y``); other ``.wh..wh.*`` entries (aufs bookkeeping) are hidden;
+- hardlinks share one inode (the TOC index resolves them to one entry object);
+- a hidden ``.stargz-snapshotter/<digest>.json`` in the layer root reports fetch progress.
+
+Operations raise ``OSError(errno)`` for POSIX conditions and StargzError from the layer;
+:func:`stargz.fs.errmap.errno_for` turns both into the errno the kernel gets.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from stargz.errors import InvalidArgumentError
+from stargz.estargz.toc import TOCEntry
+from stargz.fs.view import LayerView
+
+ROOT_INODE = 1
+STATE_DIR = ".stargz-snapshotter"
+WHITEOUT_PREFIX = ".wh."
+WHITEOUT_META_PREFIX = ".wh..wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+OPAQUE_XATTRS = (b"trusted.overlay.opaque", b"user.overlay.opaque")
+DIR_SIZE = 4096
+BLOCK_SIZE = 4096
+
+NodeKind = Literal["root", "entry", "whiteout", "state_dir", "state_file"]
+
+_TYPE_BITS = {
+    "dir": stat.S_IFDIR,
+    "reg": stat.S_IFREG,
+    "symlink": stat.S_IFLNK,
+    "char": stat.S_IFCHR,
+    "block": stat.S_IFBLK,
+    "fifo": stat.S_IFIFO,
+}
+
+
+@dataclass(frozen=True)
+class Attr:
+    """What stat(2) shows for an inode."""
+
+    ino: int
+    mode: int  # type bits | permission bits
+    nlink: int
+    uid: int = 0
+    gid: int = 0
+    rdev: int = 0
+    size: int = 0
+    mtime: int = 0  # epoch seconds (atime and ctime show the same)
+
+    @property
+    def blocks(self) -> int:  # 512-byte units, as stat(2) counts them
+        return (self.size + 511) // 512
+
+
+@dataclass
+class Node:
+    ino: int
+    kind: NodeKind
+    layer: LayerSlot | None = None
+    entry: TOCEntry | None = None
+
+
+@dataclass
+class LayerSlot:
+    """One layer in the mount: its view, and the inodes handed out for its entries."""
+
+    name: str  # the directory name under the mount root
+    view: LayerView
+    root: Node
+    inodes: dict[tuple[int, NodeKind], Node] = field(default_factory=dict)
+    listings: dict[str, dict[str, Node]] = field(default_factory=dict)
+    opaque: set[str] = field(default_factory=set)  # names of opaque directories
+    state_dir: Node | None = None
+    state_file: Node | None = None
+
+    @property
+    def state_name(self) -> str:
+        return f"{self.view.digest}.json"
+
+
+@dataclass(frozen=True)
+class StatFS:
+    block_size: int
+    blocks: int
+    files: int
+    name_max: int = 255
+
+
+class FSCore:
+    """Inodes, lookups, attributes, listings, xattrs and reads over the mounted layers.
+
+    Safe to call from one event loop while another thread adds or removes layers."""
+
+    def __init__(self, uid: int = 0, gid: int = 0) -> None:
+        self._uid, self._gid = uid, gid
+        self._lock = threading.Lock()
+        self._nodes: dict[int, Node] = {ROOT_INODE: Node(ROOT_INODE, "root")}
+        self._layers: dict[str, LayerSlot] = {}
+        self._next_ino = ROOT_INODE + 1
+
+    # -- layers ---------------------------------------------------------------------------
+
+    def add_layer(self, view: LayerView, name: str | None = None) -> str:
+        """Serve ``view`` as ``<mount>/<name>`` (default: its digest); returns the name."""
+        dirname = name or view.digest
+        if not dirname or "/" in dirname or dirname in (".", "..") or "\0" in dirname:
+            raise InvalidArgumentError(f"{dirname!r} can not name a layer directory")
+        with self._lock:
+            if dirname in self._layers:
+                return dirname  # layers are immutable: the same name serves the same layer
+            root_entry = view.blob.lookup("")
+            root = self._new_node("entry", None, root_entry)
+            slot = LayerSlot(dirname, view, root)
+            root.layer = slot
+            if root_entry is not None:
+                slot.inodes[(id(root_entry), "entry")] = root
+            self._layers[dirname] = slot
+        return dirname
+
+    def remove_layer(self, name: str) -> None:
+        with self._lock:
+            slot = self._layers.pop(name, None)
+            if slot is None:
+                return
+            for node in [slot.root, slot.state_dir, slot.state_file, *slot.inodes.values()]:
+                if node is not None:
+                    self._nodes.pop(node.ino, None)
+
+    def layer_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._layers)
+
+    def layers(self) -> list[LayerView]:
+        with self._lock:
+            return [slot.view for slot in self._layers.values()]
+
+    # -- operations -----------------------------------------------------------------------
+
+    def node(self, ino: int) -> Node:
+        found = self._nodes.get(ino)
+        if found is None:
+            raise OSError(errno.ENOENT, f"no inode {ino}")
+        return found
+
+    def layer_label(self, ino: int) -> str:
+        """The digest of the layer holding ``ino`` ("" for the mount root or a gone inode)."""
+        node = self._nodes.get(ino)
+        return node.layer.view.digest if node is not None and node.layer is not None else ""
+
+    def lookup(self, parent: int, name: str) -> Node:
+        found = self.listing(parent).get(name)
+        if found is None:
+            found = self._hidden_child(self.node(parent), name)
+        if found is None:
+            raise OSError(errno.ENOENT, f"no {name!r} in inode {parent}")
+        return found
+
+    def listing(self, ino: int) -> dict[str, Node]:
+        """A directory's visible children, by name (hidden entries left out)."""
+        node = self.node(ino)
+        if node.kind == "root":
+            with self._lock:
+                return {name: slot.root for name, slot in sorted(self._layers.items())}
+        if node.kind == "state_dir":
+            return {}
+        if node.kind != "entry" or node.entry is None or node.entry.type != "dir":
+            raise OSError(errno.ENOTDIR, f"inode {ino} is not a directory")
+        assert node.layer is not None
+        return self._entry_listing(node.layer, node.entry)
+
+    def readdir(self, ino: int) -> list[tuple[str, Node]]:
+        return sorted(self.listing(ino).items())
+
+    def getattr(self, ino: int) -> Attr:
+        node = self.node(ino)
+        if node.kind == "root":
+            with self._lock:
+                count = len(self._layers)
+            return Attr(ino, stat.S_IFDIR | 0o755, 2 + count, self._uid, self._gid, size=DIR_SIZE)
+        if node.kind == "state_dir":
+            return Attr(ino, stat.S_IFDIR | 0o500, 2, self._uid, self._gid, size=DIR_SIZE)
+        if node.kind == "state_file":
+            size = len(self.state_json(node))
+            return Attr(ino, stat.S_IFREG | 0o400, 1, self._uid, self._gid, size=size)
+        entry = node.entry
+        assert entry is not None and node.layer is not None
+        if node.kind == "whiteout":
+            return Attr(ino, stat.S_IFCHR, 1, entry.uid, entry.gid, mtime=entry.modtime)
+        return self._entry_attr(node.layer, ino, entry)
+
+    def readlink(self, ino: int) -> bytes:
+        entry = self.node(ino).entry
+        if entry is None or entry.type != "symlink":
+            raise OSError(errno.EINVAL, f"inode {ino} is not a symlink")
+        return os.fsencode(entry.link_name)
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        return list(self._xattrs(self.node(ino)))
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        value = self._xattrs(self.node(ino)).get(name)
+        if value is None:
+            raise OSError(errno.ENODATA, f"no xattr {name!r} on inode {ino}")
+        return value
+
+    def check_open(self, ino: int) -> Node:
+        """The node a file handle reads; directories and special files can not be read."""
+        node = self.node(ino)
+        if node.kind == "state_file":
+            return node
+        if node.kind != "entry" or node.entry is None:
+            raise OSError(errno.EISDIR if node.kind != "whiteout" else errno.EACCES, "not a file")
+        if node.entry.type == "dir":
+            raise OSError(errno.EISDIR, f"{node.entry.name!r} is a directory")
+        if node.entry.type != "reg":
+            raise OSError(errno.EACCES, f"{node.entry.name!r} is not a regular file")
+        return node
+
+    async def read(self, node: Node, offset: int, size: int) -> bytes:
+        if node.kind == "state_file":
+            return self.state_json(node)[offset : offset + size]
+        assert node.entry is not None and node.layer is not None
+        if offset >= node.entry.size or size <= 0:
+            return b""
+        data = await node.layer.view.read(node.entry.name, offset, size)
+        want = min(size, node.entry.size - offset)
+        if len(data) != want:  # never hand out a short or long read as if it were the file
+            raise OSError(errno.EIO, f"{node.entry.name!r}: layer gave {len(data)} of {want}")
+        return data
+
+    def statfs(self) -> StatFS:
+        total = 0
+        files = 1
+        for view in self.layers():
+            for entry in view.blob.walk():
+                files += 1
+                total += entry.size if entry.type == "reg" else 0
+        return StatFS(BLOCK_SIZE, (total + BLOCK_SIZE - 1) // BLOCK_SIZE, files)
+
+    def state_json(self, node: Node) -> bytes:
+        """The reference's layer state: digest, size, fetchedSize, fetchedPercent (and error)."""
+        assert node.layer is not None
+        view = node.layer.view
+        stats = view.stats()
+        size, fetched = stats.size, stats.fetched_size
+        doc: dict[str, object] = {}
+        error = getattr(stats, "last_error", "")
+        if error:
+            doc["error"] = str(error)
+        doc.update(
+            digest=view.digest,
+            size=size,
+            fetchedSize=fetched,
+            fetchedPercent=(100.0 * fetched / size) if size else 0.0,
+        )
+        return json.dumps(doc).encode() + b"\n"
+
+    def walk_nodes(self) -> Iterator[Node]:
+        with self._lock:
+            yield from list(self._nodes.values())
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _new_node(self, kind: NodeKind, layer: LayerSlot | None, entry: TOCEntry | None) -> Node:
+        node = Node(self._next_ino, kind, layer, entry)
+        self._next_ino += 1
+        self._nodes[node.ino] = node
+        return node
+
+    def _node_for(self, slot: LayerSlot, entry: TOCEntry, kind: NodeKind) -> Node:
+        key = (id(entry), kind)  # hardlinks resolve to one entry object: one inode
+        found = slot.inodes.get(key)
+        if found is None:
+            found = self._new_node(kind, slot, entry)
+            slot.inodes[key] = found
+        return found
+
+    def _entry_listing(self, slot: LayerSlot, entry: TOCEntry) -> dict[str, Node]:
+        cached = slot.listings.get(entry.name)
+        if cached is not None:
+            return cached
+        children = slot.view.blob.listdir(entry.name)
+        shown: dict[str, Node] = {}
+        with self._lock:
+            for name, child in sorted(children.items()):
+                if name == OPAQUE_MARKER:
+                    slot.opaque.add(entry.name)
+                elif name.startswith(WHITEOUT_META_PREFIX):
+                    continue
+                elif name.startswith(WHITEOUT_PREFIX):
+                    hidden = name[len(WHITEOUT_PREFIX) :]
+                    if hidden and hidden not in children:  # a real entry wins over its whiteout
+                        shown[hidden] = self._node_for(slot, child, "whiteout")
+                else:
+                    shown[name] = self._node_for(slot, child, "entry")
+            slot.listings[entry.name] = shown
+        return shown
+
+    def _hidden_child(self, parent: Node, name: str) -> Node | None:
+        slot = parent.layer
+        if slot is None:
+            return None
+        with self._lock:
+            if parent is slot.root and name == STATE_DIR:
+                if slot.state_dir is None:
+                    slot.state_dir = self._new_node("state_dir", slot, None)
+                return slot.state_dir
+            if parent is slot.state_dir and name == slot.state_name:
+                if slot.state_file is None:
+                    slot.state_file = self._new_node("state_file", slot, None)
+                return slot.state_file
+        return None
+
+    def _entry_attr(self, slot: LayerSlot, ino: int, entry: TOCEntry) -> Attr:
+        kind = _TYPE_BITS.get(entry.type)
+        if kind is None:
+            raise OSError(errno.EIO, f"{entry.name!r} has unknown type {entry.type!r}")
+        size = 0
+        if entry.type == "reg":
+            size = entry.size
+        elif entry.type == "symlink":
+            size = len(os.fsencode(entry.link_name))
+        elif entry.type == "dir":
+            size = DIR_SIZE
+        rdev = os.makedev(entry.dev_major, entry.dev_minor) if kind in (
+            stat.S_IFCHR, stat.S_IFBLK) else 0
+        nlink = slot.view.blob.nlink(entry)
+        return Attr(ino, kind | (entry.mode & 0o7777), nlink, entry.uid, entry.gid, rdev, size,
+                    entry.modtime)
+
+    def _xattrs(self, node: Node) -> dict[bytes, bytes]:
+        if node.kind != "entry" or node.entry is None:
+            return {}
+        out = {os.fsencode(k): v for k, v in node.entry.xattrs.items()}
+        if node.entry.type == "dir" and node.layer is not None:
+            self._entry_listing(node.layer, node.entry)  # finds the opaque marker
+            if node.entry.name in node.layer.opaque:
+                out.update(dict.fromkeys(OPAQUE_XATTRS, b"y"))
+        return out
