@@ -303,3 +303,31 @@ def _reference_case_entries(
     yield entry("big/random.bin", tarfile.REGTYPE, 0o644, _pseudo_random(3000))
     yield entry("big/text.txt", tarfile.REGTYPE, 0o644, b"".join(
         b"line %d of a text file that compresses well\n" % i for i in range(60)))
+
+
+def quirks_case_tar(out: Path) -> Path:
+    """A tar that already holds what a builder adds itself: a `stargz.index.json` entry and
+    both landmark files (the reference drops or replaces them), plus a repeated path.
+
+    Its directory is in the tar: the 0.12 reference can not prioritize files of implied ones.
+    """
+    members: list[tuple[str, bytes | None]] = [
+        ("stargz.index.json", b'{"version": 1, "entries": []}'),
+        ("app/", None),
+        (".prefetch.landmark", b"\x0f"),
+        ("app/main.py", b"print('hello')\n"),
+        (".no.prefetch.landmark", b"\x0f"),
+        ("app/data.txt", b"first version\n"),
+        ("app/data.txt", b"second version wins\n"),
+    ]
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.mode, info.mtime = 0o644, FIXED_MTIME
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return out
