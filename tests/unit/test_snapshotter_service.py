@@ -170,3 +170,16 @@ def test_remote_handshake_over_grpc(tmp_path: Path) -> None:
         assert view.mounts[0].source == str(layers.layer_dir(labels[LABEL_STARGZ_DIGEST]))
 
     scenario(tmp_path, body, layers)
+
+
+def test_status_codes_for_the_exception_tree() -> None:
+    from stargz import errors
+    from stargz.snapshotter.service import status_for
+
+    assert status_for(errors.NotFoundError("x")) is grpc.StatusCode.NOT_FOUND
+    assert status_for(errors.AlreadyExistsError("x")) is grpc.StatusCode.ALREADY_EXISTS
+    assert status_for(errors.FailedPreconditionError("x")) is grpc.StatusCode.FAILED_PRECONDITION
+    assert status_for(errors.InvalidArgumentError("x")) is grpc.StatusCode.INVALID_ARGUMENT
+    assert status_for(errors.RuntimeIntegrationError("x")) is grpc.StatusCode.UNAVAILABLE
+    assert status_for(errors.TOCError("x")) is grpc.StatusCode.UNKNOWN
+    assert status_for(OSError(28, "No space left on device")) is grpc.StatusCode.INTERNAL
