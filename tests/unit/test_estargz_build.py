@@ -6,6 +6,7 @@ import gzip
 import io
 import itertools
 import tarfile
+from pathlib import Path
 
 import pytest
 import zstandard
@@ -13,6 +14,7 @@ import zstandard
 from stargz.errors import BuildError
 from stargz.estargz.reader import VerifiedBlob
 from stargz.estargz.toc import TOCEntry
+from stargz.estargz.writer import BuildOptions, build
 from tests.unit.test_estargz_helpers import (
     FORMATS,
     MTIME,
@@ -422,3 +424,16 @@ def test_toc_entry_fields_of_a_reg_file() -> None:
     assert isinstance(entry, TOCEntry)
     assert (entry.size, entry.mode, entry.uid, entry.gid, entry.modtime) == (5, 0o640, 3, 4, MTIME)
     assert entry.digest == entry.chunk_digest == sha(b"hello")
+
+
+def test_prioritized_build_from_files_equals_build_from_memory(tmp_path: Path) -> None:
+    tar = make_tar([dir_("d/"), file("d/a", "a" * 3000), file("b", "b" * 10), file("c", "")])
+    want, _ = build_blob(tar, prioritized=["b", "d/a"])
+    for name, data in (("plain.tar", tar), ("gz.tar.gz", gzip.compress(tar))):
+        path = tmp_path / name
+        path.write_bytes(b"HEAD" + data)
+        out = io.BytesIO()
+        with path.open("rb") as src:
+            src.read(4)  # building starts at the file's current position
+            build(src, out, BuildOptions(prioritized=["b", "d/a"], workers=2))
+        assert out.getvalue() == want

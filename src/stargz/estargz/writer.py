@@ -9,6 +9,7 @@ extracts as the original tar with a landmark and the TOC added.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -270,6 +271,7 @@ def build(src: BinaryIO, dst: BinaryIO, options: BuildOptions | None = None) -> 
     """Convert the tar stream ``src`` (plain, gzip or zstd) into a blob written to ``dst``."""
     opts = options or BuildOptions()
     opts.check()
+    start = _file_position(src)
     tar = TarInput(src)
     output = MemberOutput(dst, opts.compression, opts.level, opts.workers or 1)
     try:
@@ -277,7 +279,7 @@ def build(src: BinaryIO, dst: BinaryIO, options: BuildOptions | None = None) -> 
         builder = _Builder(layout, opts)
         missing: list[str] = []
         if opts.prioritized:
-            with tar.spool() as spool:
+            with _random_access(src, start, tar) as spool:
                 for member, read in _spooled(spool, opts, missing):
                     builder.add(member, read)
         else:
@@ -286,6 +288,25 @@ def build(src: BinaryIO, dst: BinaryIO, options: BuildOptions | None = None) -> 
         return _finish(output, layout, builder.records, opts, tuple(missing))
     finally:
         output.close()
+
+
+def _file_position(src: BinaryIO) -> int | None:
+    """Where a plain file ``src`` is positioned, or None when it is not a seekable file."""
+    try:
+        src.fileno()
+        return src.tell() if src.seekable() else None
+    except (OSError, AttributeError, ValueError):
+        return None
+
+
+def _random_access(
+    src: BinaryIO, start: int | None, tar: TarInput
+) -> contextlib.AbstractContextManager[BinaryIO]:
+    """The plain tar with random access: ``src`` itself if it is a plain file, else a spool."""
+    if tar.compression == "plain" and start is not None:
+        src.seek(start)
+        return contextlib.nullcontext(src)
+    return tar.spool()
 
 
 def _toc_of(records: list[_Record], offsets: list[int]) -> TOC:
