@@ -1,1 +1,40 @@
+"""Caches of verified, uncompressed chunks, keyed by chunk digest."""
 
+from __future__ import annotations
+
+from typing import Protocol
+
+from stargz.cache.disk import DiskCache
+from stargz.cache.memory import MemoryCache
+
+
+class ChunkCache(Protocol):
+    """Verified chunk bytes by digest. Only bytes that matched their digest are ``put``."""
+
+    def get(self, digest: str) -> bytes | None: ...
+
+    def put(self, digest: str, data: bytes) -> None: ...
+
+
+class TieredCache:
+    """Memory first, then disk; a disk hit is promoted to memory."""
+
+    def __init__(self, memory: MemoryCache, disk: DiskCache | None = None) -> None:
+        self.memory = memory
+        self.disk = disk
+
+    def get(self, digest: str) -> bytes | None:
+        data = self.memory.get(digest)
+        if data is None and self.disk is not None:
+            data = self.disk.get(digest)
+            if data is not None:
+                self.memory.put(digest, data)
+        return data
+
+    def put(self, digest: str, data: bytes) -> None:
+        self.memory.put(digest, data)
+        if self.disk is not None:
+            self.disk.put(digest, data)
+
+
+__all__ = ["ChunkCache", "DiskCache", "MemoryCache", "TieredCache"]
