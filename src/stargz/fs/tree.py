@@ -7,7 +7,8 @@ shown as overlayfs expects a lower layer to look:
 - ``.wh..wh..opq`` is hidden and marks its directory opaque (``trusted.overlay.opaque`` and
   ``user.overlay.opaque`` = ``y``); other ``.wh..wh.*`` entries (aufs bookkeeping) are hidden;
 - hardlinks share one inode (the TOC index resolves them to one entry object);
-- a hidden ``.stargz-snapshotter/<digest>.json`` in the layer root reports fetch progress.
+- a hidden ``.stargz-snapshotter/<digest>.json`` in the layer root reports fetch progress;
+- the prefetch landmark files in the layer root are hidden.
 
 Operations raise ``OSError(errno)`` for POSIX conditions and StargzError from the layer;
 :func:`stargz.fs.errmap.errno_for` turns both into the errno the kernel gets.
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from stargz.errors import InvalidArgumentError
-from stargz.estargz.toc import TOCEntry
+from stargz.estargz.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOCEntry
 from stargz.fs.view import LayerView
 
 ROOT_INODE = 1
@@ -36,6 +37,7 @@ OPAQUE_MARKER = ".wh..wh..opq"
 OPAQUE_XATTRS = (b"trusted.overlay.opaque", b"user.overlay.opaque")
 DIR_SIZE = 4096
 BLOCK_SIZE = 4096
+LANDMARKS = (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK)
 
 NodeKind = Literal["root", "entry", "whiteout", "state_dir", "state_file"]
 
@@ -177,7 +179,9 @@ class FSCore:
             with self._lock:
                 return {name: slot.root for name, slot in sorted(self._layers.items())}
         if node.kind == "state_dir":
-            return {}
+            assert node.layer is not None
+            found = self._hidden_child(node, node.layer.state_name)
+            return {node.layer.state_name: found} if found is not None else {}
         if node.kind != "entry" or node.entry is None or node.entry.type != "dir":
             raise OSError(errno.ENOTDIR, f"inode {ino} is not a directory")
         assert node.layer is not None
@@ -298,6 +302,8 @@ class FSCore:
         shown: dict[str, Node] = {}
         with self._lock:
             for name, child in sorted(children.items()):
+                if not entry.name and name in LANDMARKS:
+                    continue  # the reference hides them too
                 if name == OPAQUE_MARKER:
                     slot.opaque.add(entry.name)
                 elif name.startswith(WHITEOUT_META_PREFIX):

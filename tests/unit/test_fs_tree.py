@@ -1,0 +1,205 @@
+"""The FUSE-free core over real eStargz layers: names, attributes, links, whiteouts, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import stat
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from stargz.errors import (
+    ChunkDigestMismatch,
+    InvalidArgumentError,
+    NotFoundError,
+    TOCDigestMismatch,
+    TransportError,
+)
+from stargz.fs.errmap import errno_for
+from stargz.fs.metrics import FSMetrics
+from stargz.fs.tree import ROOT_INODE, FSCore, Node
+from tests.support.images import busybox_rootfs_tar
+from tests.unit.test_fs_layers import (
+    BuiltLayer,
+    build_layer,
+    corrupt_chunk,
+    lower_upper,
+    make_tar,
+)
+
+
+def resolve(core: FSCore, path: str) -> Node:
+    node = core.node(ROOT_INODE)
+    for part in path.split("/"):
+        node = core.lookup(node.ino, part)
+    return node
+
+
+def oserror(fn: object, *args: object) -> int:
+    assert callable(fn)
+    with pytest.raises(OSError) as caught:
+        fn(*args)
+    return caught.value.errno or 0
+
+
+@pytest.fixture(scope="module")
+def busybox(tmp_path_factory: pytest.TempPathFactory) -> BuiltLayer:
+    return build_layer(busybox_rootfs_tar(), tmp_path_factory.mktemp("bb") / "bb.blob")
+
+
+def test_every_tar_member_shows_as_in_the_tar(busybox: BuiltLayer) -> None:
+    core = FSCore()
+    name = core.add_layer(busybox.view())
+    inode_of: dict[str, int] = {}
+    with tarfile.open(busybox_rootfs_tar()) as tar:
+        members = [m for m in tar.getmembers() if m.name.strip("./")]
+        for member in members:
+            path = member.name.removeprefix("./").strip("/")
+            node = resolve(core, f"{name}/{path}")
+            attr = core.getattr(node.ino)
+            want = member
+            if member.islnk():
+                want = tar.getmember(member.linkname)
+                assert inode_of.get(member.linkname.removeprefix("./")) in (None, node.ino)
+            inode_of[path] = node.ino
+            assert stat.S_IMODE(attr.mode) == want.mode & 0o7777, path
+            assert (attr.uid, attr.gid, attr.mtime) == (want.uid, want.gid, int(want.mtime)), path
+            if want.isreg():
+                assert stat.S_ISREG(attr.mode) and attr.size == want.size
+                data = asyncio.run(core.read(core.check_open(node.ino), 0, want.size + 10))
+                extracted = tar.extractfile(want)
+                assert extracted is not None and data == extracted.read(), path
+            elif want.issym():
+                assert stat.S_ISLNK(attr.mode)
+                assert core.readlink(node.ino) == want.linkname.encode()
+            elif want.isdir():
+                assert stat.S_ISDIR(attr.mode)
+            elif want.ischr():
+                assert stat.S_ISCHR(attr.mode)
+                assert attr.rdev == os.makedev(want.devmajor, want.devminor)
+            elif want.isfifo():
+                assert stat.S_ISFIFO(attr.mode)
+            for key, value in want.pax_headers.items():
+                if key.startswith("SCHILY.xattr."):
+                    xattr = key.removeprefix("SCHILY.xattr.").encode()
+                    raw = value.encode("utf-8", "surrogateescape")
+                    assert core.getxattr(node.ino, xattr) == raw
+    ls = resolve(core, f"{name}/bin/ls")
+    busybox_node = resolve(core, f"{name}/bin/busybox")
+    assert ls.ino == busybox_node.ino and core.getattr(ls.ino).nlink == 2
+    assert core.getattr(resolve(core, f"{name}/etc/motd").ino).nlink == 2
+
+
+def test_whiteouts_and_opaque_dirs_look_as_overlayfs_expects(tmp_path: Path) -> None:
+    lower, upper = lower_upper(tmp_path)
+    core = FSCore()
+    up = core.add_layer(upper.view())
+    low = core.add_layer(lower.view())
+    assert [n for n, _ in core.readdir(ROOT_INODE)] == sorted([up, low])
+    root = resolve(core, up)
+    assert [n for n, _ in core.readdir(root.ino)] == ["a", "gone.txt", "opq"]
+    for path in ("gone.txt", "a/x"):
+        attr = core.getattr(resolve(core, f"{up}/{path}").ino)
+        assert stat.S_ISCHR(attr.mode) and attr.rdev == 0 and stat.S_IMODE(attr.mode) == 0
+    assert [n for n, _ in core.readdir(resolve(core, f"{up}/opq").ino)] == ["new"]
+    opq = resolve(core, f"{up}/opq").ino
+    assert core.getxattr(opq, b"trusted.overlay.opaque") == b"y"
+    assert core.getxattr(opq, b"user.overlay.opaque") == b"y"
+    assert b"trusted.overlay.opaque" in core.listxattr(opq)
+    assert oserror(core.getxattr, resolve(core, f"{low}/opq").ino,
+                   b"trusted.overlay.opaque") == errno.ENODATA
+    for hidden in (".wh.gone.txt", "opq/.wh..wh..opq", "a/.wh.x"):
+        assert oserror(resolve, core, f"{up}/{hidden}") == errno.ENOENT
+    assert oserror(core.check_open, resolve(core, f"{up}/gone.txt").ino) == errno.EACCES
+
+
+def test_state_file_is_hidden_and_reports_progress(tmp_path: Path) -> None:
+    layer = build_layer(make_tar([("f", "file", b"x" * 1000)]), tmp_path / "l.blob")
+    view = layer.view()
+    core = FSCore()
+    name = core.add_layer(view)
+    assert ".stargz-snapshotter" not in dict(core.readdir(resolve(core, name).ino))
+    state = resolve(core, f"{name}/.stargz-snapshotter/{layer.digest}.json")
+    assert dict(core.readdir(resolve(core, f"{name}/.stargz-snapshotter").ino)) == {
+        f"{layer.digest}.json": state}
+    assert oserror(resolve, core, f"{name}/.no.prefetch.landmark") == errno.ENOENT
+    before = json.loads(asyncio.run(core.read(core.check_open(state.ino), 0, 4096)))
+    size = layer.blob.stat().st_size
+    assert before == {"digest": layer.digest, "size": size, "fetchedSize": 0,
+                      "fetchedPercent": 0.0}
+    asyncio.run(core.read(core.check_open(resolve(core, f"{name}/f").ino), 0, 1000))
+    after = json.loads(asyncio.run(core.read(state, 0, 4096)))
+    assert 0 < after["fetchedSize"] <= size
+    assert after["fetchedPercent"] == pytest.approx(100.0 * after["fetchedSize"] / size)
+    assert core.getattr(state.ino).size == len(asyncio.run(core.read(state, 0, 4096)))
+
+
+def test_posix_errors(tmp_path: Path) -> None:
+    lower, _ = lower_upper(tmp_path)
+    core = FSCore()
+    name = core.add_layer(lower.view())
+    file = resolve(core, f"{name}/a/x").ino
+    assert oserror(core.listing, file) == errno.ENOTDIR
+    assert oserror(core.readlink, file) == errno.EINVAL
+    assert oserror(core.lookup, resolve(core, name).ino, "nope") == errno.ENOENT
+    assert oserror(core.check_open, resolve(core, f"{name}/a").ino) == errno.EISDIR
+    assert oserror(core.node, 10**9) == errno.ENOENT
+    assert asyncio.run(core.read(core.check_open(file), 100, 10)) == b""
+
+
+def test_a_bad_chunk_is_an_error_never_bytes(tmp_path: Path) -> None:
+    content = bytes(range(256)) * 400
+    good = build_layer(make_tar([("f", "file", content)]), tmp_path / "good.blob")
+    bad = corrupt_chunk(good, "f", tmp_path / "bad.blob")
+    core = FSCore()
+    name = core.add_layer(bad.view())
+    node = core.check_open(resolve(core, f"{name}/f").ino)
+    with pytest.raises(Exception) as caught:
+        asyncio.run(core.read(node, 0, 4096))
+    assert errno_for(caught.value) == errno.EIO
+
+
+def test_errno_map() -> None:
+    assert errno_for(NotFoundError("x")) == errno.ENOENT
+    assert errno_for(ChunkDigestMismatch("x")) == errno.EIO
+    assert errno_for(TOCDigestMismatch("x")) == errno.EIO
+    assert errno_for(TransportError("x")) == errno.EIO
+    assert errno_for(InvalidArgumentError("x")) == errno.EINVAL
+    assert errno_for(OSError(errno.ENOTDIR, "x")) == errno.ENOTDIR
+    assert errno_for(ValueError("bug")) == errno.EIO
+
+
+def test_layers_come_and_go(tmp_path: Path) -> None:
+    lower, upper = lower_upper(tmp_path)
+    core = FSCore()
+    name = core.add_layer(lower.view())
+    assert core.add_layer(lower.view()) == name
+    assert core.add_layer(upper.view(), "custom") == "custom"
+    with pytest.raises(InvalidArgumentError):
+        core.add_layer(upper.view(), "a/b")
+    keep = resolve(core, f"{name}/b/keep").ino
+    core.remove_layer(name)
+    assert core.layer_names() == ["custom"]
+    assert oserror(core.getattr, keep) == errno.ENOENT
+    assert core.getattr(ROOT_INODE).nlink == 3
+
+
+def test_metrics_report_layer_stats(tmp_path: Path) -> None:
+    lower, _ = lower_upper(tmp_path)
+    core = FSCore()
+    view = lower.view()
+    name = core.add_layer(view)
+    metrics = FSMetrics(core.layers)
+    asyncio.run(core.read(core.check_open(resolve(core, f"{name}/a/x").ino), 0, 100))
+    registry = metrics.registry
+    labels = {"layer": view.digest, "kind": "on_demand"}
+    fetched = registry.get_sample_value("stargz_fs_fetched_bytes_total", labels)
+    assert fetched == view.stats().fetched_size > 0
+    assert registry.get_sample_value("stargz_fs_cache_misses_total", {"layer": view.digest}) == 1
+    assert registry.get_sample_value(
+        "stargz_fs_layer_size_bytes", {"layer": view.digest}) == lower.blob.stat().st_size
+    assert core.statfs().files >= 9
