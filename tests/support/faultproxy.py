@@ -166,21 +166,25 @@ class FaultProxy:
             return
         if fault is not None and fault.kind == "status":
             head, body = _status_answer(fault)
+            self._record(request, fault.status, len(body), fault)
             writer.write(head + body)
             await writer.drain()
-            self._record(request, fault.status, len(body), fault)
             return
         head, body, status = await self._forward(request)
         sent = body
         if fault is not None:  # truncate or stall: only part of the body goes out
             sent = body[:int(len(body) * fault.keep_fraction)]
+        # Recorded before sending: a client holding all the bytes may look at once.
+        self._record(request, status, len(sent), fault)
         writer.write(head + sent)
         await writer.drain()
-        self._record(request, status, len(sent), fault)
         if fault is not None and fault.kind == "stall":
             await asyncio.sleep(fault.stall_seconds)
-        if fault is not None:
             _reset(writer)
+        elif fault is not None:
+            # A truncated body ends with an orderly close, so the client gets every byte sent.
+            writer.close()
+            await writer.wait_closed()
 
     async def _forward(self, request: _Request) -> tuple[bytes, bytes, int]:
         reader, writer = await asyncio.open_connection(*self.upstream)
