@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 import subprocess
@@ -178,3 +179,27 @@ def test_extract_real_busybox_rootfs_like_tar(tmp_path: Path) -> None:
     got.pop(".no.prefetch.landmark")
     want = _snapshot(theirs)
     assert got == want and len(want) >= len(set(names)) - 1
+
+
+def test_hardlinks_named_before_their_target_and_chains(tmp_path: Path) -> None:
+    # A tar can't do this, but a TOC can: the link comes first, and links point at links.
+    from stargz.estargz.reader import open_blob
+    from stargz.estargz.source import BytesSource
+    from tests.unit.test_estargz_verify import _rewrite_toc
+
+    _, raw, _ = built(make_tar([file("t", "target"), link("l1", "t"), link("l2", "l1")]))
+
+    def reorder(doc: dict[str, object]) -> None:
+        entries = doc["entries"]
+        assert isinstance(entries, list)
+        entries.sort(key=lambda e: e["type"] != "hardlink")
+        for e in entries:
+            if e["name"] == "l2":
+                e["linkName"] = "l1"
+
+    bad, digest = _rewrite_toc(raw, reorder)
+    blob = open_blob(BytesSource(bad)).verify(digest)
+    assert json.loads(blob.toc.to_json())["entries"][0]["type"] == "hardlink"
+    extract(blob, tmp_path / "d")
+    inodes = {(tmp_path / "d" / n).stat().st_ino for n in ("t", "l1", "l2")}
+    assert len(inodes) == 1 and (tmp_path / "d/l2").read_bytes() == b"target"

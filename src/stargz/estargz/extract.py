@@ -31,12 +31,20 @@ def extract(blob: VerifiedBlob, dest: Path) -> None:
     try:
         explicit = {id(e) for e in blob.toc.entries}  # the others are implied directories
         dirs: list[TOCEntry] = []
+        links: list[TOCEntry] = []
         for entry in blob.walk():
             if entry.name == "":
                 continue  # dest itself is the caller's: its mode and owner are left alone
+            if entry.type == "hardlink":
+                links.append(entry)  # after everything else: a TOC may name the target later
+                continue
             _extract_one(blob, root_fd, entry)
             if entry.type == "dir":
                 dirs.append(entry)
+        for entry in links:
+            target = blob.lookup(entry.name)  # the final target, through chains of links
+            assert target is not None  # the index only admits hardlinks that resolve
+            _extract_one(blob, root_fd, entry, link_target=target.name)
         # Directory modes and times last: a read-only dir must not block its own children.
         for entry in reversed(dirs):
             _finish_dir(root_fd, entry, keep_time=id(entry) not in explicit)
@@ -81,7 +89,9 @@ def _remove_existing(dir_fd: int, base: str, keep_dir: bool) -> None:
         os.unlink(base, dir_fd=dir_fd)
 
 
-def _extract_one(blob: VerifiedBlob, root_fd: int, entry: TOCEntry) -> None:
+def _extract_one(
+    blob: VerifiedBlob, root_fd: int, entry: TOCEntry, link_target: str = ""
+) -> None:
     dir_fd, base = _open_parent(root_fd, entry.name)
     try:
         _remove_existing(dir_fd, base, keep_dir=entry.type == "dir")
@@ -95,7 +105,7 @@ def _extract_one(blob: VerifiedBlob, root_fd: int, entry: TOCEntry) -> None:
             _set_owner(dir_fd, base, entry)
             os.utime(base, (entry.modtime, entry.modtime), dir_fd=dir_fd, follow_symlinks=False)
         elif entry.type == "hardlink":
-            _link(root_fd, dir_fd, base, entry)
+            _link(root_fd, dir_fd, base, link_target)
         else:
             _make_node(dir_fd, base, entry)
     finally:
@@ -135,8 +145,8 @@ def _set_xattrs(fd: int, entry: TOCEntry) -> None:
             log.debug("xattr %s on %s not set: %s", name, entry.name, err)
 
 
-def _link(root_fd: int, dir_fd: int, base: str, entry: TOCEntry) -> None:
-    target_dir, target_base = _open_parent(root_fd, entry.link_name)
+def _link(root_fd: int, dir_fd: int, base: str, target: str) -> None:
+    target_dir, target_base = _open_parent(root_fd, target)
     try:
         os.link(target_base, base, src_dir_fd=target_dir, dst_dir_fd=dir_fd,
                 follow_symlinks=False)
