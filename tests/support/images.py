@@ -300,9 +300,9 @@ def _reference_case_entries(
                 uid=1000, gid=1001, uname="alice", gname="staff")
     yield entry("implied/deep/file.txt", tarfile.REGTYPE, 0o644, b"parents not in the tar\n")
     yield entry("big/", tarfile.DIRTYPE, 0o755)
-    yield entry("big/random.bin", tarfile.REGTYPE, 0o644, _pseudo_random(3000))
+    yield entry("big/random.bin", tarfile.REGTYPE, 0o644, _pseudo_random(1200))
     yield entry("big/text.txt", tarfile.REGTYPE, 0o644, b"".join(
-        b"line %d of a text file that compresses well\n" % i for i in range(60)))
+        b"line %d of a text file that compresses well\n" % i for i in range(20)))
 
 
 def quirks_case_tar(out: Path) -> Path:
