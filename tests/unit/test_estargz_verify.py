@@ -194,9 +194,11 @@ def test_chunk_api() -> None:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.data())
-def test_fuzz_mutated_blobs_only_typed_errors_and_never_wrong_bytes(data: st.DataObject) -> None:
-    raw, _ = _FUZZ_BLOB
+@given(st.data(), st.sampled_from(["gzip", "zstd-chunked"]))
+def test_fuzz_mutated_blobs_only_typed_errors_and_never_wrong_bytes(
+    data: st.DataObject, compression: str
+) -> None:
+    raw, _ = _FUZZ_BLOBS[compression]
     mutated = bytearray(raw)
     for _ in range(data.draw(st.integers(1, 4))):
         at = data.draw(st.integers(0, len(raw) - 1))
@@ -209,7 +211,8 @@ def test_fuzz_mutated_blobs_only_typed_errors_and_never_wrong_bytes(data: st.Dat
         pass
 
 
-_FUZZ_BLOB = build_blob(_tar(), chunk_size=64)
+_FUZZ_BLOBS = {c: build_blob(_tar(), chunk_size=64, compression=c)
+               for c in ("gzip", "zstd-chunked")}
 
 
 def test_legacy_footer_blobs_open() -> None:
