@@ -182,8 +182,9 @@ def serve_bytes(data: bytes, header: str | None, multirange: str) -> httpx.Respo
         return httpx.Response(200, content=data, headers={"Content-Length": str(len(data))})
     ranges = [(int(a), int(b or len(data) - 1) + 1) for a, b in
               (r.split("-") for r in header.removeprefix("bytes=").split(","))]
+    unsatisfiable = {"Content-Range": f"bytes */{len(data)}"}
     if any(end > len(data) for _, end in ranges):
-        return httpx.Response(416)
+        return httpx.Response(416, headers=unsatisfiable)
     if len(ranges) == 1 or multirange == "merge":
         start, end = ranges[0][0], ranges[-1][1]
         return httpx.Response(206, content=data[start:end], headers={
@@ -191,7 +192,7 @@ def serve_bytes(data: bytes, header: str | None, multirange: str) -> httpx.Respo
     if multirange == "full":
         return httpx.Response(200, content=data)
     if multirange in ("400", "416"):
-        return httpx.Response(int(multirange))
+        return httpx.Response(int(multirange), headers=unsatisfiable)
     body = b""
     for start, end in ranges:
         body += (f"--XX\r\nContent-Range: bytes {start}-{end - 1}/{len(data)}\r\n\r\n"
@@ -278,6 +279,44 @@ def test_refused_multi_range_falls_back_to_single_ranges(mode: str) -> None:
         # It remembers: the next multi-range read goes straight to single ranges.
         assert await client.read_blob_ranges(REF, DATA_DIGEST, RANGES) == EXPECTED
         assert len(fake.requests(method="GET")) == 1 + 2 * len(RANGES)
+
+    run(fake, body)
+
+
+def test_overlapping_ranges_are_merged_into_one_request() -> None:
+    fake = FakeRegistry()
+    ranges = [(100, 200), (0, 10), (150, 250), (250, 260), (5, 8)]
+    got = run(fake, lambda c: c.read_blob_ranges(REF, DATA_DIGEST, ranges))
+    assert got == [DATA[a:b] for a, b in ranges]
+    [request] = fake.requests(method="GET")
+    assert request.headers["range"] == "bytes=0-9,100-259"
+
+
+def test_range_past_the_end_does_not_disable_multi_range() -> None:
+    fake = FakeRegistry()
+
+    async def body(client: RegistryClient) -> None:
+        with pytest.raises(RangeError, match="not within blob"):
+            await client.read_blob_ranges(REF, DATA_DIGEST, [(0, 10), (16000, 17000)])
+        assert await client.read_blob_ranges(REF, DATA_DIGEST, RANGES) == EXPECTED
+        assert fake.requests(method="GET")[-1].headers["range"] == "bytes=0-9,100-199,16000-16383"
+
+    run(fake, body)
+
+
+def test_token_is_refetched_after_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeRegistry(auth="bearer")
+    clock = [1000.0]
+    monkeypatch.setattr("stargz.registry.auth.time.monotonic", lambda: clock[0])
+
+    async def body(client: RegistryClient) -> None:
+        await client.head_blob(REF, DATA_DIGEST)
+        clock[0] += 200  # within the 300 s lifetime
+        await client.head_blob(REF, DATA_DIGEST)
+        assert len(fake.requests("auth.example")) == 1
+        clock[0] += 100  # past it (less the safety margin)
+        await client.head_blob(REF, DATA_DIGEST)
+        assert len(fake.requests("auth.example")) == 2
 
     run(fake, body)
 

@@ -91,3 +91,13 @@ def test_multipart_roundtrip(data: bytes, draw: st.DataObject) -> None:
         return
     parts = parse_multipart(multipart(data, ranges), "B0UND")
     assert assemble(ranges, parts) == [data[a:b] for a, b in ranges]
+
+
+def test_merge_ranges() -> None:
+    from stargz.registry.ranges import merge_ranges, unsatisfiable_size
+
+    assert merge_ranges([(10, 20), (0, 5), (5, 7), (15, 30), (40, 41)]) == [(0, 7), (10, 30),
+                                                                            (40, 41)]
+    assert merge_ranges([]) == []
+    assert unsatisfiable_size("bytes */123") == 123
+    assert unsatisfiable_size(None) is None

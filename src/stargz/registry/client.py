@@ -41,10 +41,12 @@ from stargz.registry.ranges import (
     assemble,
     check_ranges,
     check_single,
+    merge_ranges,
     multipart_boundary,
     parse_content_range,
     parse_multipart,
     range_header,
+    unsatisfiable_size,
 )
 from stargz.registry.reference import Reference, validate_digest
 from stargz.registry.retry import (
@@ -280,15 +282,16 @@ class RegistryClient:
         falling back to one request per range when it refuses multi-range answers."""
         check_ranges(ranges)
         validate_digest(digest)
-        results: list[bytes] = []
-        for first in range(0, len(ranges), MAX_RANGES_PER_REQUEST):
-            batch = list(ranges[first:first + MAX_RANGES_PER_REQUEST])
+        merged = merge_ranges(ranges)
+        parts: list[tuple[int, int, bytes]] = []
+        for first in range(0, len(merged), MAX_RANGES_PER_REQUEST):
+            batch = merged[first:first + MAX_RANGES_PER_REQUEST]
             got = await self._read_multi(ref, digest, batch) if len(batch) > 1 else None
             if got is None:
                 got = list(await asyncio.gather(
                     *(self._read_single(ref, digest, s, e) for s, e in batch)))
-            results.extend(got)
-        return results
+            parts.extend((s, e, data) for (s, e), data in zip(batch, got, strict=True))
+        return assemble(ranges, parts)
 
     async def _read_single(self, ref: Reference, digest: str, start: int, end: int) -> bytes:
         async def on(endpoint: Endpoint) -> bytes:
@@ -314,8 +317,10 @@ class RegistryClient:
                     endpoint, ref, digest, {"Range": range_header(ranges)}, stream=True)
                 if response.status_code in _REFUSED_MULTIRANGE:
                     await response.aclose()
-                    self._no_multirange.add(endpoint.host)
-                    log.info("%s refused a multi-range read; using single ranges", endpoint.host)
+                    if _refuses_multirange(response, ranges):
+                        self._no_multirange.add(endpoint.host)
+                        log.info("%s refused a multi-range read; using single ranges",
+                                 endpoint.host)
                     return None
                 return await _multi_body(response, digest, ranges)
 
@@ -360,6 +365,15 @@ class RegistryClient:
                                            from_repository)
 
         return await self._on_endpoints(ref, "push", on)
+
+
+def _refuses_multirange(response: httpx.Response, ranges: list[tuple[int, int]]) -> bool:
+    """A 416 may only mean a range is past the end (the single reads will say so); it is a
+    refusal when the size it reports holds every range."""
+    if response.status_code != 416:
+        return True
+    size = unsatisfiable_size(response.headers.get("content-range"))
+    return size is not None and all(end <= size for _, end in ranges)
 
 
 def _content_length(response: httpx.Response) -> int:

@@ -21,6 +21,24 @@ def check_ranges(ranges: Sequence[tuple[int, int]]) -> None:
             raise InvalidArgumentError(f"invalid byte range [{start}, {end})")
 
 
+def merge_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, with overlapping and touching ranges joined: servers answer overlapping
+    multi-range requests with the whole body (Go's ServeContent does)."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def unsatisfiable_size(content_range: str | None) -> int | None:
+    """The size in a 416 answer's ``Content-Range: bytes */SIZE``, if it has one."""
+    match = re.fullmatch(r"bytes\s+\*/(\d+)", (content_range or "").strip())
+    return int(match[1]) if match else None
+
+
 def range_header(ranges: Sequence[tuple[int, int]]) -> str:
     return "bytes=" + ",".join(f"{start}-{end - 1}" for start, end in ranges)
 
