@@ -273,7 +273,7 @@ def build(src: BinaryIO, dst: BinaryIO, options: BuildOptions | None = None) -> 
     opts.check()
     start = _file_position(src)
     tar = TarInput(src)
-    output = MemberOutput(dst, opts.compression, opts.level, opts.workers or 1)
+    output = MemberOutput(dst, opts.compression, opts.level, opts.workers or os.cpu_count() or 1)
     try:
         layout = MemberLayout(output)
         builder = _Builder(layout, opts)
