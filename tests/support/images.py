@@ -9,6 +9,8 @@ lock, so concurrent or interrupted runs never see half a file. Needs root (mknod
     debian_python_rootfs_tar() ~170 MB tar: debootstrap bookworm minbase + python3 (slow: ~1 min)
     extract_tar(tar, dest)     unpack one of them (GNU tar, keeps owners, xattrs, devices)
     make_oci_image(rootfs, layout, tag)  an OCI image layout (umoci) from a rootfs directory
+    reference_case_tar(out, format, prefix)  the Go reference suite's cases as one small tar
+    quirks_case_tar(out)       a tar already holding a TOC entry, landmarks, a repeated path
 """
 
 from __future__ import annotations
