@@ -6,6 +6,7 @@ from typing import Protocol
 
 from stargz.cache.disk import DiskCache
 from stargz.cache.memory import MemoryCache
+from stargz.config import CacheConfig
 
 
 class ChunkCache(Protocol):
@@ -37,4 +38,12 @@ class TieredCache:
             self.disk.put(digest, data)
 
 
-__all__ = ["ChunkCache", "DiskCache", "MemoryCache", "TieredCache"]
+__all__ = ["ChunkCache", "DiskCache", "MemoryCache", "TieredCache", "cache_from_config"]
+
+
+def cache_from_config(config: CacheConfig) -> TieredCache:
+    """The chunk cache the config describes (memory, plus disk when a directory is set)."""
+    disk = None
+    if config.directory:
+        disk = DiskCache(config.directory, config.disk_limit_bytes, config.verify_on_read)
+    return TieredCache(MemoryCache(config.memory_limit_bytes), disk)

@@ -1,1 +1,6 @@
+"""One lazily pulled layer: verified reader, chunk caches, prefetch and background fetch."""
 
+from stargz.layer.layer import Layer, mount
+from stargz.layer.stats import LayerStats
+
+__all__ = ["Layer", "LayerStats", "mount"]

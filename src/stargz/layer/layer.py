@@ -1,0 +1,356 @@
+"""One lazily pulled layer: verified chunks from caches or fetched on demand.
+
+Every chunk is decompressed and checked against its chunkDigest (VerifiedBlob.decode_chunk)
+before it is cached or returned. Concurrent readers of a chunk share one fetch. Decompression,
+hashing and disk I/O run in worker threads so the event loop (FUSE, gRPC) stays responsive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine, Iterable
+from typing import Any
+
+from stargz.cache import ChunkCache
+from stargz.config import Config
+from stargz.errors import (
+    CacheError,
+    ChunkDigestMismatch,
+    NotFoundError,
+    StargzError,
+    TransportError,
+)
+from stargz.estargz.chunks import Chunk
+from stargz.estargz.reader import VerifiedBlob
+from stargz.layer.opening import open_verified
+from stargz.layer.stats import FetchKind, LayerStats
+from stargz.remote.fetcher import BlobFetcher, fetch_checked
+from stargz.remote.inflight import InFlight
+from stargz.remote.regions import Range, merge_ranges, slice_from
+
+log = logging.getLogger(__name__)
+
+
+class Layer:
+    """A mounted layer: ``blob`` for metadata, ``read`` for verified file bytes."""
+
+    def __init__(
+        self,
+        digest: str,
+        blob: VerifiedBlob,
+        fetcher: BlobFetcher,
+        cache: ChunkCache,
+        config: Config,
+        stats: LayerStats,
+    ) -> None:
+        self._digest = digest
+        self._blob = blob
+        self._fetcher = fetcher
+        self._cache = cache
+        self.config = config
+        self._stats = stats
+        self._inflight = InFlight()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reads_in_flight = 0
+        self.idle = asyncio.Event()  # set while no on-demand read runs; background waits on it
+        self.idle.set()
+        self.all_chunks = _chunks_in_blob_order(blob)
+        self._prefetched = asyncio.Event()
+        self._started: asyncio.Task[None] | None = None
+        self._background: asyncio.Task[None] | None = None
+        self._background_off = config.no_background_fetch
+
+    @classmethod
+    async def open(
+        cls,
+        fetcher: BlobFetcher,
+        digest: str,
+        toc_digest: str | None,
+        cache: ChunkCache,
+        config: Config,
+        skip_verification_reason: str | None = None,
+    ) -> Layer:
+        """Read footer and TOC, verify the TOC digest; no prefetch (see ``layer.mount``)."""
+        stats = LayerStats(size=fetcher.size)
+        blob = await open_verified(
+            fetcher, toc_digest, config.blob.fetch_timeout_sec, stats, skip_verification_reason
+        )
+        return cls(digest, blob, fetcher, cache, config, stats)
+
+    @property
+    def digest(self) -> str:
+        return self._digest
+
+    @property
+    def blob(self) -> VerifiedBlob:
+        return self._blob
+
+    def stats(self) -> LayerStats:
+        return self._stats
+
+    async def read(self, path: str, offset: int, size: int) -> bytes:
+        """Up to ``size`` verified bytes of regular file ``path`` from ``offset``."""
+        entry = self._blob.lookup(path)
+        if entry is None or entry.type != "reg":
+            raise NotFoundError(f"{path!r} is not a regular file in layer {self._digest}")
+        if offset < 0 or size < 0:
+            raise NotFoundError(f"invalid read of {size} bytes at {offset} in {path!r}")
+        end = min(entry.size, offset + size)
+        if offset >= end:
+            return b""
+        wanted = [
+            c for c in self._blob.chunks(entry.name) if c.end > offset and c.chunk_offset < end
+        ]
+        self._begin_read()
+        try:
+            found = await self.load(wanted, "on_demand")
+        except StargzError as err:
+            self._stats.last_error = str(err)
+            raise
+        finally:
+            self._end_read()
+        parts = [
+            found[c.digest][max(offset, c.chunk_offset) - c.chunk_offset : min(end, c.end)
+                            - c.chunk_offset]
+            for c in wanted
+        ]
+        return b"".join(parts)
+
+    async def load(self, chunks: Iterable[Chunk], kind: FetchKind) -> dict[str, bytes]:
+        """Verified bytes of ``chunks`` by digest: from caches, a fetch already running, or a
+        new fetch (one multi-range request for everything missing)."""
+        unique = {c.digest: c for c in chunks}
+        found: dict[str, bytes] = {}
+        waits: dict[str, asyncio.Future[bytes]] = {}
+        missing = [c for d, c in unique.items() if not self._join(d, waits)]
+        if missing:
+            cached = await asyncio.to_thread(self._cache_lookup, [c.digest for c in missing])
+            found.update(cached)
+            self._count_cache(kind, [c for c in missing if c.digest in cached])
+            missing = [c for c in missing if c.digest not in cached]
+            missing = [c for c in missing if not self._join(c.digest, waits)]
+        if kind == "on_demand":
+            self._stats.cache_misses += len(missing) + len(waits)
+        if missing:
+            for chunk in missing:
+                waits[chunk.digest] = self._inflight.claim(chunk.digest)
+            self._spawn(self._fetch_group(missing, kind))
+        for digest, future in waits.items():
+            found[digest] = await asyncio.shield(future)
+        return found
+
+    def _join(self, digest: str, waits: dict[str, asyncio.Future[bytes]]) -> bool:
+        future = self._inflight.get(digest)
+        if future is not None:
+            waits[digest] = future
+        return future is not None
+
+    def _count_cache(self, kind: FetchKind, hits: list[Chunk]) -> None:
+        for chunk in hits:
+            self._stats.held.add(chunk.compressed_offset, chunk.compressed_end)
+        if kind == "on_demand":
+            self._stats.cache_hits += len(hits)
+
+    def _cache_lookup(self, digests: list[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for digest in digests:
+            try:
+                data = self._cache.get(digest)
+            except CacheError as err:
+                log.warning("chunk cache: %s", err)  # a broken cache costs a fetch, not a read
+                data = None
+            if data is not None:
+                found[digest] = data
+        return found
+
+    async def _fetch_group(self, chunks: list[Chunk], kind: FetchKind) -> None:
+        """Fetch, decode and verify ``chunks``; settle their in-flight futures either way.
+
+        Runs as its own task so a reader cancelled mid-fetch does not fail the other
+        readers waiting for the same chunks."""
+        try:
+            needs = {(c.compressed_offset, c.compressed_end) for c in chunks}
+            ranges = merge_ranges(needs, self.config.blob.chunk_size)
+            data = await fetch_checked(self._fetcher, ranges, self.config.blob.fetch_timeout_sec)
+            self._stats.count_fetch(kind, sum(end - start for start, end in ranges))
+            results = await asyncio.to_thread(self._decode_all, chunks, ranges, data)
+        except BaseException as err:
+            for chunk in chunks:
+                self._inflight.fail(chunk.digest, _as_stargz(err))
+            if not isinstance(err, Exception):
+                raise
+            return
+        for chunk, result in results:
+            if isinstance(result, bytes):
+                self._stats.held.add(chunk.compressed_offset, chunk.compressed_end)
+                self._inflight.resolve(chunk.digest, result)
+            else:
+                self._inflight.fail(chunk.digest, result)
+
+    def _decode_all(
+        self, chunks: list[Chunk], ranges: list[Range], data: list[bytes]
+    ) -> list[tuple[Chunk, bytes | StargzError]]:
+        results: list[tuple[Chunk, bytes | StargzError]] = []
+        for chunk in chunks:
+            member = slice_from(ranges, data, (chunk.compressed_offset, chunk.compressed_end))
+            try:
+                plain = self._blob.decode_chunk(chunk, member)
+            except ChunkDigestMismatch as err:
+                results.append((chunk, ChunkDigestMismatch(f"layer {self._digest}: {err}")))
+                continue
+            except StargzError as err:
+                results.append((chunk, err))
+                continue
+            self._cache_put(chunk.digest, plain)
+            results.append((chunk, plain))
+        return results
+
+    def _cache_put(self, digest: str, data: bytes) -> None:
+        try:
+            self._cache.put(digest, data)
+        except CacheError as err:
+            log.warning("chunk cache: %s", err)  # serving the verified bytes still works
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _begin_read(self) -> None:
+        self._reads_in_flight += 1
+        self.idle.clear()
+
+    def _end_read(self) -> None:
+        self._reads_in_flight -= 1
+        if self._reads_in_flight == 0:
+            self.idle.set()
+
+    def start(self) -> None:
+        """Begin the prefetch (landmark, else ``prefetch_size``), then the background fetch."""
+        if self._started is None:
+            self._started = self._spawn(self._prefetch_then_background())
+
+    def prefetch_end(self) -> int:
+        """Compressed offset up to which the blob is prefetched at mount (0: nothing)."""
+        end = self._blob.prefetch_end()
+        if end is None:
+            end = self.config.prefetch_size
+        return min(end, self._fetcher.size)
+
+    async def wait_prefetch(self, timeout: float | None = None) -> bool:
+        """Wait for the prefetch, at most ``timeout`` (default prefetch_timeout_sec) seconds;
+        False when it is still running."""
+        limit = self.config.prefetch_timeout_sec if timeout is None else timeout
+        try:
+            await asyncio.wait_for(self._prefetched.wait(), limit)
+        except TimeoutError:
+            return False
+        return True
+
+    def stop_background(self) -> None:
+        """Switch the background fetch off (chunks already being fetched still land)."""
+        self._background_off = True
+        if self._background is not None:
+            self._background.cancel()
+
+    async def wait_background(self) -> None:
+        """Wait until the prefetch and the background fetch have finished (or were stopped)."""
+        if self._started is not None:
+            await asyncio.shield(self._started)
+        if self._background is not None:
+            await asyncio.gather(self._background, return_exceptions=True)
+
+    async def _prefetch_then_background(self) -> None:
+        try:
+            end = self.prefetch_end()
+            chunks = [c for c in self.all_chunks if c.compressed_offset < end]
+            for group in _groups(chunks, self.config.background_batch_bytes):
+                await self.load(group, "prefetch")
+            self._stats.prefetch_complete = True
+        except StargzError as err:
+            log.warning("layer %s: prefetch failed: %s", self._digest, err)
+            self._stats.last_error = str(err)
+        finally:
+            self._prefetched.set()
+        if not self._background_off:
+            self._background = self._spawn(self._fetch_rest())
+
+    async def _fetch_rest(self) -> None:
+        """Fetch every chunk not yet cached, yielding to on-demand reads."""
+        groups = _groups(self.all_chunks, self.config.background_batch_bytes)
+        failures = 0
+
+        async def worker() -> None:
+            nonlocal failures
+            while groups and not self._background_off:
+                group = groups.pop(0)
+                await self.idle.wait()  # on-demand reads first
+                try:
+                    await self.load(group, "background")
+                except StargzError as err:
+                    failures += 1
+                    self._stats.last_error = str(err)
+                    log.warning("layer %s: background fetch: %s", self._digest, err)
+
+        await asyncio.gather(*(worker() for _ in range(self.config.max_concurrency)))
+        self._stats.background_complete = failures == 0 and not self._background_off
+
+    async def close(self) -> None:
+        """Stop fetches still running (their waiters get a TransportError)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _as_stargz(err: BaseException) -> StargzError:
+    if isinstance(err, StargzError):
+        return err
+    if isinstance(err, asyncio.CancelledError):
+        return TransportError("fetch cancelled (layer closed)")
+    return TransportError(f"fetch failed: {type(err).__name__}: {err}")
+
+
+def _groups(chunks: list[Chunk], max_bytes: int) -> list[list[Chunk]]:
+    """Consecutive chunks in groups of about ``max_bytes`` compressed bytes; chunks sharing a
+    member stay in one group so the member is fetched once."""
+    groups: list[list[Chunk]] = []
+    size = 0
+    for chunk in chunks:
+        same_member = bool(groups) and groups[-1][-1].compressed_offset == chunk.compressed_offset
+        if not groups or (size >= max_bytes and not same_member):
+            groups.append([])
+            size = 0
+        groups[-1].append(chunk)
+        if not same_member:
+            size += chunk.compressed_size
+    return groups
+
+
+async def mount(
+    fetcher: BlobFetcher,
+    digest: str,
+    toc_digest: str | None,
+    cache: ChunkCache,
+    config: Config,
+    skip_verification_reason: str | None = None,
+) -> Layer:
+    """Open a layer, start its prefetch and background fetch, and wait for the prefetch up to
+    ``prefetch_timeout_sec`` (reads still work while it runs)."""
+    layer = await Layer.open(fetcher, digest, toc_digest, cache, config, skip_verification_reason)
+    layer.start()
+    await layer.wait_prefetch()
+    return layer
+
+
+def _chunks_in_blob_order(blob: VerifiedBlob) -> list[Chunk]:
+    """Every chunk of every regular file once, in the order they sit in the blob."""
+    seen: dict[tuple[int, int, int], Chunk] = {}
+    for entry in blob.walk():
+        if entry.type == "reg" and entry.size > 0:
+            for chunk in blob.chunks(entry.name):
+                key = (chunk.compressed_offset, chunk.inner_offset, chunk.chunk_size)
+                seen.setdefault(key, chunk)
+    return sorted(seen.values(), key=lambda c: (c.compressed_offset, c.inner_offset))

@@ -1,0 +1,77 @@
+"""Opening a remote blob: footer and TOC in one generous tail read (two when the TOC is big)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from stargz.errors import FormatError, InvalidArgumentError
+from stargz.estargz.footer import parse_footer
+from stargz.estargz.reader import TAIL_READ, VerifiedBlob, open_blob
+from stargz.layer.stats import LayerStats
+from stargz.remote.fetcher import BlobFetcher, fetch_checked
+
+ZSTD_SKIPPABLE_HEADER = 8  # zstd:chunked keeps the TOC in a skippable frame; its header is checked
+
+
+class TailSource:
+    """The fetched end of a blob as a RangeSource; bytes before ``base`` were never fetched,
+    and asking for them is a FormatError (file data goes through the layer, not here)."""
+
+    def __init__(self, size: int, base: int, data: bytes) -> None:
+        self._size = size
+        self._base = base
+        self._data = data
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        if offset < self._base or offset + length > self._size or length < 0:
+            raise FormatError(
+                f"bytes [{offset}, {offset + length}) of the blob were not fetched at open"
+            )
+        start = offset - self._base
+        return self._data[start : start + length]
+
+
+async def fetch_tail(
+    fetcher: BlobFetcher, timeout: float, stats: LayerStats
+) -> TailSource:
+    """Fetch the footer and TOC: the last TAIL_READ bytes, then whatever of the TOC is
+    before them."""
+    size = fetcher.size
+    tail_start = max(0, size - TAIL_READ)
+    (tail,) = await fetch_checked(fetcher, [(tail_start, size)], timeout)
+    stats.count_fetch("metadata", size - tail_start)
+    footer = parse_footer(tail)
+    toc_start, _ = footer.toc_range(size)
+    if footer.kind == "zstd-chunked":
+        toc_start -= ZSTD_SKIPPABLE_HEADER
+    toc_start = max(0, toc_start)
+    if toc_start < tail_start:
+        (head,) = await fetch_checked(fetcher, [(toc_start, tail_start)], timeout)
+        stats.count_fetch("metadata", tail_start - toc_start)
+        tail, tail_start = head + tail, toc_start
+    stats.held.add(tail_start, size)
+    return TailSource(size, tail_start, tail)
+
+
+async def open_verified(
+    fetcher: BlobFetcher,
+    toc_digest: str | None,
+    timeout: float,
+    stats: LayerStats,
+    skip_verification_reason: str | None = None,
+) -> VerifiedBlob:
+    """Open the blob and check its TOC against the layer's TOC digest (TOCDigestMismatch).
+
+    Without a TOC digest the caller must say why verification is skipped; it is logged."""
+    if toc_digest is None and not skip_verification_reason:
+        raise InvalidArgumentError("a layer needs its TOC digest, or an explicit reason to skip")
+    source = await fetch_tail(fetcher, timeout, stats)
+    unverified = await asyncio.to_thread(open_blob, source)
+    if toc_digest is None:
+        assert skip_verification_reason is not None
+        return unverified.skip_verification(skip_verification_reason)
+    return unverified.verify(toc_digest)
