@@ -85,6 +85,12 @@ class BlobLayerView:
     def stats(self) -> BlobStats:
         return self._stats
 
+    def close(self) -> None:
+        """Close the blob's source if it holds a file."""
+        close = getattr(self._blob.source, "close", None)
+        if callable(close):
+            close()
+
     async def read(self, path: str, offset: int, size: int) -> bytes:
         return await asyncio.to_thread(self.read_sync, path, offset, size)
 
