@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
 
-from stargz.errors import NotFoundError, RegistryError, VerificationError
-from stargz.registry import OCILayout, Platform
+from stargz.errors import NotFoundError, RangeError, RegistryError, VerificationError
+from stargz.registry import OCILayout, Platform, Reference, RegistryClient
 from stargz.registry.manifest import (
     DOCKER_MANIFEST,
     OCI_INDEX,
@@ -111,3 +112,32 @@ def test_media_type_sniffing() -> None:
         make_manifest(b"\x00binary", "application/octet-stream", None)
     with pytest.raises(RegistryError, match="larger than"):
         make_manifest(b" " * (5 << 20), OCI_MANIFEST, None)
+
+
+def test_client_serves_oci_layout_references(tmp_path: Path) -> None:
+    blob_file = tmp_path / "layer.bin"
+    blob_file.write_bytes(bytes(range(256)) * 10)
+    ref = Reference.parse(f"oci:{tmp_path / 'out'}:v1")
+
+    async def body() -> None:
+        async with RegistryClient() as client:
+            layer = await client.push_blob(ref, blob_file)
+            config = await client.push_blob(ref, b"{}", digest=sha256_digest(b"{}"))
+            raw = image_manifest(config, [layer])
+            digest = await client.put_manifest(ref, raw, OCI_MANIFEST)
+            manifest = await client.get_manifest(ref)
+            assert (manifest.raw, manifest.digest) == (raw, digest)
+            assert (await client.fetch_manifest(ref.with_digest(digest))).raw == raw
+            assert await client.head_blob(ref, layer) == 2560
+            assert await client.get_blob(ref, layer) == blob_file.read_bytes()
+            assert await client.read_blob_range(ref, layer, 10, 20) == bytes(range(10, 20))
+            assert await client.read_blob_ranges(ref, layer, [(0, 2), (2558, 2560)]) == [
+                b"\x00\x01", b"\xfe\xff"]
+            assert await client.mount_blob(ref, layer, "ignored")
+            assert not await client.blob_exists(ref, sha256_digest(b"absent"))
+            with pytest.raises(RangeError):
+                await client.read_blob_range(ref, layer, 2500, 2600)
+            with pytest.raises(NotFoundError):
+                await client.get_manifest(ref.with_tag("v2"))
+
+    asyncio.run(body())

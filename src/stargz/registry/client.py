@@ -34,6 +34,7 @@ from stargz.registry.bodies import (
 )
 from stargz.registry.credentials import CredentialStore
 from stargz.registry.hosts import Endpoint, HostsConfig
+from stargz.registry.layoutclient import LayoutClient
 from stargz.registry.manifest import (
     ACCEPT,
     Manifest,
@@ -78,6 +79,7 @@ class RegistryClient:
         self._redirects: dict[tuple[str, str, str], str] = {}
         self._no_multirange: set[str] = set()
         self._range_slots = asyncio.Semaphore(parallel_ranges)
+        self._layouts = LayoutClient()  # oci:DIR references are served from disk
 
     def __repr__(self) -> str:
         return f"RegistryClient(hosts={self.hosts!r})"
@@ -129,6 +131,8 @@ class RegistryClient:
 
     async def fetch_manifest(self, ref: Reference) -> Manifest:
         """The manifest or index ``ref`` names, as served (digest-checked when pinned)."""
+        if ref.is_layout:
+            return await self._layouts.fetch_manifest(ref)
         capability = "pull" if ref.digest else "resolve"
 
         async def on(endpoint: Endpoint) -> Manifest:
@@ -149,6 +153,8 @@ class RegistryClient:
 
     async def get_manifest(self, ref: Reference, platform: Platform | None = None) -> Manifest:
         """The image manifest for ``ref``: an index is resolved to ``platform`` (default: host)."""
+        if ref.is_layout:
+            return await self._layouts.get_manifest(ref, platform)
         manifest = await self.fetch_manifest(ref)
         for _ in range(2):  # an index may point at a nested index, once
             if not manifest.is_index:
@@ -161,6 +167,8 @@ class RegistryClient:
 
     async def put_manifest(self, ref: Reference, raw: bytes, media_type: str) -> str:
         """Store a manifest under ``ref``'s tag (or digest); returns its digest."""
+        if ref.is_layout:
+            return await self._layouts.put_manifest(ref, raw, media_type)
         digest = digest_of(raw, ref.digest or "sha256:")
         if ref.digest and digest != ref.digest:
             raise VerificationError(f"manifest digest is {digest}, the reference says {ref.digest}")
@@ -176,6 +184,8 @@ class RegistryClient:
 
     async def head_blob(self, ref: Reference, digest: str) -> int:
         """The blob's size; NotFoundError when the repository does not have it."""
+        if ref.is_layout:
+            return await self._layouts.head_blob(ref, digest)
         validate_digest(digest)
 
         async def on(endpoint: Endpoint) -> int:
@@ -207,6 +217,10 @@ class RegistryClient:
         VerificationError at the end when the bytes do not match ``digest``: a consumer must
         not trust what it stored until the iterator finished without error."""
         validate_digest(digest)
+        if ref.is_layout:
+            async for piece in self._layouts.stream_blob(ref, digest):
+                yield piece
+            return
         hasher = new_hasher(digest)
         received, failures, total = 0, 0, None
         while total is None or received < total:
@@ -275,6 +289,8 @@ class RegistryClient:
     async def read_blob_range(self, ref: Reference, digest: str, start: int, end: int) -> bytes:
         """Bytes [start, end) of the blob: exactly that many, or an error."""
         check_ranges([(start, end)])
+        if ref.is_layout:
+            return (await self._layouts.read_blob_ranges(ref, digest, [(start, end)]))[0]
         return await self._read_single(ref, digest, start, end)
 
     async def read_blob_ranges(self, ref: Reference, digest: str,
@@ -283,6 +299,8 @@ class RegistryClient:
         falling back to one request per range when it refuses multi-range answers."""
         check_ranges(ranges)
         validate_digest(digest)
+        if ref.is_layout:
+            return await self._layouts.read_blob_ranges(ref, digest, ranges)
         merged = merge_ranges(ranges)
         parts: list[tuple[int, int, bytes]] = []
         for first in range(0, len(merged), MAX_RANGES_PER_REQUEST):
@@ -335,6 +353,8 @@ class RegistryClient:
                         chunk_size: int | None = None) -> str:
         """Upload a blob (bytes or a file) unless the repository has it; returns its digest.
         ``chunk_size`` set: a chunked upload (PATCH per chunk); otherwise POST + one PUT."""
+        if ref.is_layout:
+            return await self._layouts.push_blob(ref, data, digest)
         blob = await upload.BlobData.of(data, digest)
 
         async def on(endpoint: Endpoint) -> str:
@@ -360,6 +380,8 @@ class RegistryClient:
         """Cross-repository mount; False when the registry could not mount (nothing is left
         behind: the upload it opened instead is cancelled)."""
         validate_digest(digest)
+        if ref.is_layout:
+            return await self._layouts.mount_blob(ref, digest)
 
         async def on(endpoint: Endpoint) -> bool:
             return await upload.mount_blob(self._session, endpoint, ref.repository, digest,
