@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from stargz.errors import RuntimeIntegrationError
 from stargz.fs.mount import (
     FuseThread,
     LazyFS,
@@ -237,3 +238,8 @@ def test_layers_join_a_live_mount_in_process(layers: dict[str, BuiltLayer],
         time.sleep(0.05)
     assert not is_mounted(mnt)
     unmount(mnt)  # a no-op on a directory with nothing mounted
+
+
+def test_a_mount_that_can_not_happen_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeIntegrationError, match="can not mount FUSE"):
+        FuseThread(LazyFS(tmp_path / "missing")).start()

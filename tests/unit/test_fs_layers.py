@@ -122,3 +122,14 @@ def test_a_corrupt_chunk_raises_and_is_reported(tmp_path: Path) -> None:
         asyncio.run(bad.read("f", 0, 100))
     assert isinstance(caught.value, ChunkDigestMismatch | DecompressionError)
     assert bad.stats().last_error
+
+
+def test_serve_reports_a_bad_blob_in_one_line(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from stargz.fs.serve import main
+
+    (tmp_path / "junk.blob").write_bytes(b"not a blob" * 10)
+    for blob in ("missing.blob", "junk.blob"):
+        assert main([str(tmp_path / "mnt"), str(tmp_path / blob)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1

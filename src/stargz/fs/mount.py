@@ -116,9 +116,10 @@ class FuseThread:
             server = asyncio.create_task(self.fs.serve(ready))
             waiter = asyncio.create_task(ready.wait())
             await asyncio.wait({server, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            self._ready.set()
             waiter.cancel()
-            await server
+            if not server.done():
+                self._ready.set()
+            await server  # a mount error is raised here, before start() is told
 
         try:
             asyncio.run(main())

@@ -21,6 +21,7 @@ import json
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -110,6 +111,7 @@ class FSCore:
 
     def __init__(self, uid: int = 0, gid: int = 0) -> None:
         self._uid, self._gid = uid, gid
+        self._created = int(time.time())  # mtime of the mount root and state directories
         self._lock = threading.Lock()
         self._nodes: dict[int, Node] = {ROOT_INODE: Node(ROOT_INODE, "root")}
         self._layers: dict[str, LayerSlot] = {}
@@ -195,12 +197,15 @@ class FSCore:
         if node.kind == "root":
             with self._lock:
                 count = len(self._layers)
-            return Attr(ino, stat.S_IFDIR | 0o755, 2 + count, self._uid, self._gid, size=DIR_SIZE)
+            return Attr(ino, stat.S_IFDIR | 0o755, 2 + count, self._uid, self._gid,
+                        size=DIR_SIZE, mtime=self._created)
         if node.kind == "state_dir":
-            return Attr(ino, stat.S_IFDIR | 0o500, 2, self._uid, self._gid, size=DIR_SIZE)
+            return Attr(ino, stat.S_IFDIR | 0o500, 2, self._uid, self._gid, size=DIR_SIZE,
+                        mtime=self._created)
         if node.kind == "state_file":
             size = len(self.state_json(node))
-            return Attr(ino, stat.S_IFREG | 0o400, 1, self._uid, self._gid, size=size)
+            return Attr(ino, stat.S_IFREG | 0o400, 1, self._uid, self._gid, size=size,
+                        mtime=int(time.time()))
         entry = node.entry
         assert entry is not None and node.layer is not None
         if node.kind == "whiteout":
