@@ -61,11 +61,21 @@ def cached_file(name: str, build: Callable[[Path, Path], None]) -> Path:
     with _locked(name):
         if final.exists():  # another process built it while we waited
             return final
+        _remove_stale_builds(name)
         with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=f".build-{name}-") as tmp:
             out = Path(tmp) / name
             build(Path(tmp) / "work", out)
             os.replace(out, final)
     return final
+
+
+def _remove_stale_builds(name: str) -> None:
+    """Scratch dirs of a killed build of `name` (safe: we hold its lock, nobody else builds it)."""
+    for stale in cache_dir().glob(f".build-{name}-*"):
+        proc = stale / "work" / "rootfs" / "proc"
+        if os.path.ismount(proc):  # a debootstrap build killed inside its chroot step
+            subprocess.run(["umount", "-l", str(proc)], check=False)
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def tar_directory(root: Path, out: Path) -> None:
