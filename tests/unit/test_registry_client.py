@@ -445,6 +445,17 @@ def test_bearer_token_by_post_is_cached() -> None:
     assert b"scope=repository%3Ateam%2Fapp%3Apull" in token_requests[0].content
 
 
+def test_concurrent_first_requests_share_one_token() -> None:
+    fake = FakeRegistry(auth="bearer")
+
+    async def body(client: RegistryClient) -> list[bytes]:
+        return list(await asyncio.gather(
+            *(client.read_blob_range(REF, DATA_DIGEST, i, i + 5) for i in range(8))))
+
+    assert run(fake, body) == [DATA[i:i + 5] for i in range(8)]
+    assert len(fake.requests("auth.example")) == 1
+
+
 def test_bearer_falls_back_to_get_and_anonymous() -> None:
     fake = FakeRegistry(auth="bearer")
     fake.post_token_status = 405

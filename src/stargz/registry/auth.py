@@ -4,6 +4,7 @@ cached per host and scope set until they expire."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -66,6 +67,8 @@ class Authorizer:
         self._retry = retry
         self._challenges: dict[str, Challenge] = {}
         self._tokens: dict[tuple[str, tuple[str, ...]], _Token] = {}
+        # One token fetch per host and scope set at a time; the others wait and reuse it.
+        self._locks: dict[tuple[str, tuple[str, ...]], asyncio.Lock] = {}
 
     def __repr__(self) -> str:
         return f"Authorizer(hosts={sorted(self._challenges)})"
@@ -80,14 +83,20 @@ class Authorizer:
             creds = await self._credentials.get(endpoint.host)
             return creds.basic_header() if creds else None
         key = (endpoint.host, tuple(sorted(set(scopes))))
-        token = self._tokens.get(key)
-        if token is None or token.expires_at <= time.monotonic():
-            token = await self._fetch_token(client, endpoint, challenge, key[1])
-            self._tokens[key] = token
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            token = self._valid_token(key)
+            if token is None:
+                token = await self._fetch_token(client, endpoint, challenge, key[1])
+                self._tokens[key] = token
         return f"Bearer {token.value}"
 
+    def _valid_token(self, key: tuple[str, tuple[str, ...]]) -> _Token | None:
+        token = self._tokens.get(key)
+        return token if token is not None and token.expires_at > time.monotonic() else None
+
     async def on_unauthorized(self, client: httpx.AsyncClient, endpoint: Endpoint,
-                              scopes: tuple[str, ...], response: httpx.Response) -> str:
+                              scopes: tuple[str, ...], response: httpx.Response,
+                              sent: str | None) -> str:
         """Learn from a 401 and return the header to retry with; AuthError if there is none."""
         challenges = parse_challenges(response.headers.get_list("www-authenticate"))
         usable = [c for c in challenges if c.scheme in ("bearer", "basic")]
@@ -101,10 +110,15 @@ class Authorizer:
                 raise AuthError(f"{endpoint.host} requires credentials (basic auth) "
                                 "and none are configured")
             return creds.basic_header()
-        # Ask for the union of our scopes and the challenge's, and file it under ours.
-        wanted = set(scopes) | set(challenge.params.get("scope", "").split())
-        token = await self._fetch_token(client, endpoint, challenge, tuple(sorted(wanted)))
-        self._tokens[(endpoint.host, tuple(sorted(set(scopes))))] = token
+        key = (endpoint.host, tuple(sorted(set(scopes))))
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            token = self._valid_token(key)
+            if token is None or f"Bearer {token.value}" == sent:
+                # Ask for the union of our scopes and the challenge's, and file it under ours.
+                wanted = set(scopes) | set(challenge.params.get("scope", "").split())
+                token = await self._fetch_token(client, endpoint, challenge,
+                                                tuple(sorted(wanted)))
+                self._tokens[key] = token
         return f"Bearer {token.value}"
 
     async def _fetch_token(self, client: httpx.AsyncClient, endpoint: Endpoint,

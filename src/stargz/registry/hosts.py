@@ -57,8 +57,7 @@ class Endpoint:
         return (self.scheme, self.ca_files, self.skip_verify)
 
     def ssl_context(self) -> ssl.SSLContext | bool:
-        if self.scheme == "http":
-            return False
+        # Plain-HTTP endpoints still verify: a redirect may lead to an https storage URL.
         if self.skip_verify:
             return False
         context = ssl.create_default_context()

@@ -73,7 +73,8 @@ class Session:
                                               content, stream)
         if response.status_code == 401 and authorize:
             await response.aclose()
-            auth = await self.authorizer.on_unauthorized(client, endpoint, scopes, response)
+            auth = await self.authorizer.on_unauthorized(client, endpoint, scopes, response,
+                                                         auth)
             response = await self._send_following(client, method, url, all_headers, auth,
                                                   content, stream)
         if response.status_code in RETRYABLE_STATUS:
