@@ -56,6 +56,10 @@ class Layer:
         self.idle = asyncio.Event()  # set while no on-demand read runs; background waits on it
         self.idle.set()
         self.all_chunks = _chunks_in_blob_order(blob)
+        self._by_member: dict[int, list[Chunk]] = {}  # only members holding several chunks
+        for chunk in self.all_chunks:
+            self._by_member.setdefault(chunk.compressed_offset, []).append(chunk)
+        self._by_member = {k: v for k, v in self._by_member.items() if len(v) > 1}
         self._prefetched = asyncio.Event()
         self._started: asyncio.Task[None] | None = None
         self._background: asyncio.Task[None] | None = None
@@ -118,39 +122,32 @@ class Layer:
         return b"".join(parts)
 
     async def load(self, chunks: Iterable[Chunk], kind: FetchKind) -> dict[str, bytes]:
-        """Verified bytes of ``chunks`` by digest: from caches, a fetch already running, or a
-        new fetch (one multi-range request for everything missing)."""
-        unique = {c.digest: c for c in chunks}
-        found: dict[str, bytes] = {}
+        """Verified bytes of ``chunks`` by digest: from a fetch already running, the caches,
+        or one new multi-range request for everything missing.
+
+        Claiming is synchronous (no await between looking for a running fetch and claiming),
+        so two readers never fetch the same chunk, and a chunk's siblings in the same member
+        are claimed with it so the member is fetched once."""
+        wanted = {c.digest: c for c in chunks}
         waits: dict[str, asyncio.Future[bytes]] = {}
-        missing = [c for d, c in unique.items() if not self._join(d, waits)]
-        if missing:
-            cached = await asyncio.to_thread(self._cache_lookup, [c.digest for c in missing])
-            found.update(cached)
-            self._count_cache(kind, [c for c in missing if c.digest in cached])
-            missing = [c for c in missing if c.digest not in cached]
-            missing = [c for c in missing if not self._join(c.digest, waits)]
-        if kind == "on_demand":
-            self._stats.cache_misses += len(missing) + len(waits)
-        if missing:
-            for chunk in missing:
-                waits[chunk.digest] = self._inflight.claim(chunk.digest)
-            self._spawn(self._fetch_group(missing, kind))
-        for digest, future in waits.items():
-            found[digest] = await asyncio.shield(future)
-        return found
+        claimed: list[Chunk] = []
+        for digest, chunk in wanted.items():
+            if self._join(digest, waits):
+                continue
+            for sibling in self._by_member.get(chunk.compressed_offset, [chunk]):
+                free = sibling.digest == digest or not self._join(sibling.digest, {})
+                if free and sibling.digest not in waits:
+                    waits[sibling.digest] = self._inflight.claim(sibling.digest)
+                    claimed.append(sibling)
+        if claimed:
+            self._spawn(self._resolve_group(claimed, set(wanted), kind))
+        return {digest: await asyncio.shield(waits[digest]) for digest in wanted}
 
     def _join(self, digest: str, waits: dict[str, asyncio.Future[bytes]]) -> bool:
         future = self._inflight.get(digest)
         if future is not None:
             waits[digest] = future
         return future is not None
-
-    def _count_cache(self, kind: FetchKind, hits: list[Chunk]) -> None:
-        for chunk in hits:
-            self._stats.held.add(chunk.compressed_offset, chunk.compressed_end)
-        if kind == "on_demand":
-            self._stats.cache_hits += len(hits)
 
     def _cache_lookup(self, digests: list[str]) -> dict[str, bytes]:
         found: dict[str, bytes] = {}
@@ -164,17 +161,21 @@ class Layer:
                 found[digest] = data
         return found
 
-    async def _fetch_group(self, chunks: list[Chunk], kind: FetchKind) -> None:
-        """Fetch, decode and verify ``chunks``; settle their in-flight futures either way.
-
-        Runs as its own task so a reader cancelled mid-fetch does not fail the other
-        readers waiting for the same chunks."""
+    async def _resolve_group(self, chunks: list[Chunk], wanted: set[str], kind: FetchKind) -> None:
+        """Settle the claimed chunks' futures: from the caches, else fetched, decoded and
+        verified. Runs as its own task so a reader cancelled mid-fetch does not fail the
+        other readers waiting for the same chunks."""
         try:
-            needs = {(c.compressed_offset, c.compressed_end) for c in chunks}
-            ranges = merge_ranges(needs, self.config.blob.chunk_size)
-            data = await fetch_checked(self._fetcher, ranges, self.config.blob.fetch_timeout_sec)
-            self._stats.count_fetch(kind, sum(end - start for start, end in ranges))
-            results = await asyncio.to_thread(self._decode_all, chunks, ranges, data)
+            cached = await asyncio.to_thread(self._cache_lookup, [c.digest for c in chunks])
+            missing = [c for c in chunks if c.digest not in cached]
+            if kind == "on_demand":
+                self._stats.cache_hits += len(wanted & cached.keys())
+                self._stats.cache_misses += len(wanted & {c.digest for c in missing})
+            for chunk in chunks:
+                if chunk.digest in cached:
+                    self._stats.held.add(chunk.compressed_offset, chunk.compressed_end)
+                    self._inflight.resolve(chunk.digest, cached[chunk.digest])
+            results = await self._fetch_decode(missing, kind) if missing else []
         except BaseException as err:
             for chunk in chunks:
                 self._inflight.fail(chunk.digest, _as_stargz(err))
@@ -187,6 +188,15 @@ class Layer:
                 self._inflight.resolve(chunk.digest, result)
             else:
                 self._inflight.fail(chunk.digest, result)
+
+    async def _fetch_decode(
+        self, chunks: list[Chunk], kind: FetchKind
+    ) -> list[tuple[Chunk, bytes | StargzError]]:
+        needs = {(c.compressed_offset, c.compressed_end) for c in chunks}
+        ranges = merge_ranges(needs, self.config.blob.chunk_size)
+        data = await fetch_checked(self._fetcher, ranges, self.config.blob.fetch_timeout_sec)
+        self._stats.count_fetch(kind, sum(end - start for start, end in ranges))
+        return await asyncio.to_thread(self._decode_all, chunks, ranges, data)
 
     def _decode_all(
         self, chunks: list[Chunk], ranges: list[Range], data: list[bytes]
