@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -243,3 +244,21 @@ def test_layers_join_a_live_mount_in_process(layers: dict[str, BuiltLayer],
 def test_a_mount_that_can_not_happen_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RuntimeIntegrationError, match="can not mount FUSE"):
         FuseThread(LazyFS(tmp_path / "missing")).start()
+
+
+def test_a_failing_fetch_is_eio_not_a_hang(layers: dict[str, BuiltLayer], tmp_path: Path) -> None:
+    blob = tmp_path / "vanishing.blob"
+    shutil.copyfile(layers["lower"].blob, blob)
+    layer = BuiltLayer(blob, layers["lower"].digest, layers["lower"].toc_digest)
+    srv = Server(tmp_path / "mnt", [layer], "--no-background")
+    try:
+        os.truncate(blob, 0)  # the TOC was read at mount; every chunk fetch now comes up short
+        with pytest.raises(OSError) as caught:
+            (srv.layer_dir(layer) / "b/keep").read_bytes()
+        assert caught.value.errno == errno.EIO
+        state = json.loads((srv.layer_dir(layer) / ".stargz-snapshotter"
+                            / f"{layer.digest}.json").read_text())
+        assert "0 bytes" in state["error"]
+    finally:
+        assert srv.stop() == 0
+    assert not is_mounted(srv.mountpoint)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from stargz.cache import cache_from_config
+from stargz.config import Config
 from stargz.errors import (
     ChunkDigestMismatch,
     InvalidArgumentError,
@@ -22,6 +24,8 @@ from stargz.errors import (
 from stargz.fs.errmap import errno_for
 from stargz.fs.metrics import FSMetrics
 from stargz.fs.tree import ROOT_INODE, FSCore, Node
+from stargz.layer import Layer, mount
+from stargz.remote.fetcher import FileBlobFetcher
 from tests.support.images import busybox_rootfs_tar
 from tests.unit.test_fs_layers import (
     BuiltLayer,
@@ -203,3 +207,32 @@ def test_metrics_report_layer_stats(tmp_path: Path) -> None:
     assert registry.get_sample_value(
         "stargz_fs_layer_size_bytes", {"layer": view.digest}) == lower.blob.stat().st_size
     assert core.statfs().files >= 9
+
+
+def test_core_serves_a_real_lazy_layer(tmp_path: Path) -> None:
+    lower, upper = lower_upper(tmp_path)
+
+    async def run() -> None:
+        cache = cache_from_config(Config().cache)
+        config = Config(no_background_fetch=True)
+        core = FSCore()
+        for built in (lower, upper):
+            layer = await mount(FileBlobFetcher(built.blob), built.digest, built.toc_digest,
+                                cache, config)
+            core.add_layer(layer)
+        low, up = lower.digest, upper.digest
+        assert await core.read(core.check_open(resolve(core, f"{low}/b/keep").ino), 0, 99) == (
+            b"keep me\n")
+        assert stat.S_ISCHR(core.getattr(resolve(core, f"{up}/gone.txt").ino).mode)
+        state = json.loads(await core.read(
+            resolve(core, f"{low}/.stargz-snapshotter/{low}.json"), 0, 4096))
+        assert state["digest"] == low and state["fetchedSize"] > 0
+        metrics = FSMetrics(core.layers)
+        on_demand = metrics.registry.get_sample_value(
+            "stargz_fs_fetched_bytes_total", {"layer": low, "kind": "on_demand"})
+        assert on_demand is not None and on_demand > 0
+        for view in core.layers():
+            assert isinstance(view, Layer)
+            await view.close()
+
+    asyncio.run(run())

@@ -1,9 +1,11 @@
-"""Serve local eStargz blobs on one FUSE mount until SIGTERM/SIGINT.
+"""Serve local eStargz blobs as lazy layers on one FUSE mount until SIGTERM/SIGINT.
 
     python -m stargz.fs.serve MOUNTPOINT BLOB[=TOCDIGEST]... [--metrics HOST:PORT]
+        [--config TOML] [--no-background]
 
-Each blob appears as ``MOUNTPOINT/<blob digest>/``. A blob given without its TOC digest is served
-unverified against an annotation (a warning is logged), its chunks are still checked.
+Each blob is opened as a ``stargz.layer.Layer`` (verified chunks, caches, prefetch to the
+landmark, background fetch) over the file, and appears as ``MOUNTPOINT/<blob digest>/``. A blob
+given without its TOC digest is served with a warning; its chunks are still checked.
 Prints ``ready`` on stdout once the mount is usable.
 """
 
@@ -11,17 +13,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import signal
 import sys
 from pathlib import Path
 
+from stargz.cache import cache_from_config
+from stargz.config import Config, load_config
 from stargz.errors import StargzError
-from stargz.estargz.reader import open_blob
-from stargz.estargz.source import FileSource
 from stargz.fs.mount import LazyFS
-from stargz.fs.view import BlobLayerView
+from stargz.layer import Layer, mount
+from stargz.remote.fetcher import FileBlobFetcher
 
 
 def file_digest(path: Path) -> str:
@@ -29,22 +33,27 @@ def file_digest(path: Path) -> str:
         return "sha256:" + hashlib.file_digest(blob, "sha256").hexdigest()
 
 
-def open_local_layer(spec: str) -> BlobLayerView:
-    """``BLOB`` or ``BLOB=TOCDIGEST`` to a layer view over that file."""
-    path_text, _, toc_digest = spec.partition("=")
-    path = Path(path_text)
-    unverified = open_blob(FileSource(path))
-    if toc_digest:
-        blob = unverified.verify(toc_digest)
-    else:
-        blob = unverified.skip_verification(f"no TOC digest given for {path}")
-    return BlobLayerView(file_digest(path), blob)
+async def open_local_layers(specs: list[str], config: Config) -> list[Layer]:
+    """``BLOB`` or ``BLOB=TOCDIGEST`` each to a mounted layer sharing one chunk cache."""
+    cache = cache_from_config(config.cache)
+    layers = []
+    for spec in specs:
+        path_text, _, toc_digest = spec.partition("=")
+        path = Path(path_text)
+        fetcher = FileBlobFetcher(path)
+        reason = None if toc_digest else f"no TOC digest given for {path}"
+        layers.append(await mount(fetcher, file_digest(path), toc_digest or None, cache, config,
+                                  skip_verification_reason=reason))
+    return layers
 
 
-async def _serve(fs: LazyFS) -> None:
+async def _serve(fs: LazyFS, specs: list[str], config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, fs.stop)
+    layers = await open_local_layers(specs, config)  # on this loop: their fetches run here
+    for layer in layers:
+        fs.add_layer(layer)
     ready = asyncio.Event()
     server = asyncio.create_task(fs.serve(ready))
     waiter = asyncio.create_task(ready.wait())
@@ -52,7 +61,11 @@ async def _serve(fs: LazyFS) -> None:
     if ready.is_set():
         print("ready", flush=True)
     waiter.cancel()
-    await server
+    try:
+        await server
+    finally:
+        for layer in layers:
+            await layer.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,13 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("mountpoint", type=Path)
     parser.add_argument("blobs", nargs="+", metavar="BLOB[=TOCDIGEST]")
     parser.add_argument("--metrics", metavar="HOST:PORT", help="Prometheus exporter address")
+    parser.add_argument("--config", type=Path, help="layer config (TOML, as the snapshotter's)")
+    parser.add_argument("--no-background", action="store_true", help="no background fetch")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        config = load_config(args.config) if args.config else Config()
+        if args.no_background:
+            config = dataclasses.replace(config, no_background_fetch=True)
         fs = LazyFS(args.mountpoint, metrics_address=args.metrics)
-        for spec in args.blobs:
-            fs.add_layer(open_local_layer(spec))
-        asyncio.run(_serve(fs))
+        asyncio.run(_serve(fs, args.blobs, config))
     except (StargzError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
