@@ -152,10 +152,21 @@ def test_tls_needs_our_ca(registry: support.RunningRegistry) -> None:
         pytest.skip("plain HTTP registry")
     ref = Reference.parse(f"{registry.host}/test/app:v1")
 
+    skip_dir = registry.workdir / "skip-verify.d"
+    (skip_dir / registry.host).mkdir(parents=True, exist_ok=True)
+    (skip_dir / registry.host / "hosts.toml").write_text(
+        f'server = "{registry.url}"\nskip_verify = true\n')
+    creds = CredentialStore()
+    if registry.username:
+        creds = CredentialStore(default=Credentials(registry.username, str(registry.password)))
+
     async def body() -> None:
         async with RegistryClient(retry=FAST) as client:  # system CAs only
             with pytest.raises(TransportError, match="TLS verification failed"):
                 await client.head_blob(ref, sha256_digest(BLOB))
+        async with RegistryClient(HostsConfig.create(skip_dir), creds, retry=FAST) as client:
+            digest = await client.push_blob(ref, b"unverified but encrypted")
+            assert await client.head_blob(ref, digest) == 24
 
     run(body())
 
