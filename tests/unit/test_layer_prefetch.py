@@ -1,0 +1,157 @@
+"""Prefetch at mount (landmarks) and the background fetch of the rest of the layer."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from stargz.cache import MemoryCache, TieredCache
+from stargz.config import Config
+from stargz.estargz.reader import TAIL_READ
+from stargz.layer import Layer, mount
+from stargz.remote import CountingFetcher, FileBlobFetcher, Range
+from tests.unit.test_layer_helpers import LAYER_DIGEST, Built, build_blob, payload
+
+PRIORITIZED = ("app/first.bin", "app/second.bin")
+
+
+def prioritized_layer(tmp: Path) -> Built:
+    files = {f"lib/f{i}.bin": payload(i, 40000) for i in range(10)}
+    files["app/first.bin"] = payload(100, 30000)
+    files["app/second.bin"] = payload(101, 30000)
+    return build_blob(tmp, files, chunk_size=10000, level=1, prioritized=PRIORITIZED)
+
+
+def plain_layer(tmp: Path) -> Built:
+    files = {f"lib/f{i}.bin": payload(i, 40000) for i in range(10)}
+    return build_blob(tmp, files, chunk_size=10000, level=1)
+
+
+def data_requests(fetcher: CountingFetcher, size: int) -> list[list[Range]]:
+    tail = [(max(0, size - TAIL_READ), size)]
+    return [r for r in fetcher.requests if r != tail]
+
+
+def test_prefetch_fetches_up_to_the_landmark_and_serves_reads_from_cache(tmp_path: Path) -> None:
+    built = prioritized_layer(tmp_path)
+    fetcher = CountingFetcher(FileBlobFetcher(built.path))
+
+    async def go() -> None:
+        layer = await mount(fetcher, LAYER_DIGEST, built.result.toc_digest,
+                            TieredCache(MemoryCache(64 << 20)), Config(no_background_fetch=True))
+        end = layer.prefetch_end()
+        assert end > 60000  # both prioritized files come before the landmark
+        fetched = data_requests(fetcher, built.result.blob_size)
+        assert fetched and max(e for r in fetched for _, e in r) <= end + 100
+        assert layer.stats().prefetch_complete
+        assert layer.stats().fetched_prefetch > 60000
+        before = len(fetcher.requests)
+        for name in PRIORITIZED:
+            assert await layer.read(name, 0, 1 << 20) == built.files[name]
+        assert len(fetcher.requests) == before
+        assert layer.stats().cache_hits == 6 and layer.stats().cache_misses == 0
+        await layer.read("lib/f3.bin", 0, 10)  # not prefetched: fetched on demand
+        assert len(fetcher.requests) == before + 1
+
+    asyncio.run(go())
+
+
+def test_no_prefetch_landmark_prefetches_nothing(tmp_path: Path) -> None:
+    built = plain_layer(tmp_path)
+    fetcher = CountingFetcher(FileBlobFetcher(built.path))
+
+    async def go() -> None:
+        layer = await mount(fetcher, LAYER_DIGEST, built.result.toc_digest,
+                            TieredCache(MemoryCache(64 << 20)),
+                            Config(no_background_fetch=True, prefetch_size=1 << 30))
+        assert layer.prefetch_end() == 0
+        assert await layer.wait_prefetch()
+        assert data_requests(fetcher, built.result.blob_size) == []
+        await layer.wait_background()
+        assert data_requests(fetcher, built.result.blob_size) == []
+
+    asyncio.run(go())
+
+
+def test_background_fetch_caches_the_whole_layer(tmp_path: Path) -> None:
+    built = prioritized_layer(tmp_path)
+    fetcher = CountingFetcher(FileBlobFetcher(built.path))
+    config = Config(background_batch_bytes=50000)
+
+    async def go() -> None:
+        layer = await mount(fetcher, LAYER_DIGEST, built.result.toc_digest,
+                            TieredCache(MemoryCache(64 << 20)), config)
+        await layer.wait_background()
+        stats = layer.stats()
+        assert stats.background_complete
+        assert stats.fetched_background > 300000
+        assert stats.fetched_percent == 100.0
+        before = len(fetcher.requests)
+        for name, data in built.files.items():
+            assert await layer.read(name, 0, 1 << 20) == data
+        assert len(fetcher.requests) == before
+
+    asyncio.run(go())
+
+
+def test_background_fetch_can_be_switched_off(tmp_path: Path) -> None:
+    built = plain_layer(tmp_path)
+    fetcher = CountingFetcher(FileBlobFetcher(built.path))
+
+    async def go() -> None:
+        layer = await mount(fetcher, LAYER_DIGEST, built.result.toc_digest,
+                            TieredCache(MemoryCache(64 << 20)), Config(no_background_fetch=True))
+        await layer.wait_background()
+        assert not layer.stats().background_complete
+        assert layer.stats().fetched_background == 0
+        assert data_requests(fetcher, built.result.blob_size) == []
+
+    asyncio.run(go())
+
+
+class GatedFetcher:
+    """Holds data requests for one file's member until released (a slow registry)."""
+
+    def __init__(self, inner: FileBlobFetcher, hold_from: int, hold_to: int) -> None:
+        self._inner = inner
+        self.hold = (hold_from, hold_to)
+        self.release = asyncio.Event()
+
+    @property
+    def size(self) -> int:
+        return self._inner.size
+
+    async def fetch(self, ranges: list[Range]) -> list[bytes]:
+        if any(s >= self.hold[0] and e <= self.hold[1] for s, e in ranges):
+            await self.release.wait()
+        return await self._inner.fetch(ranges)
+
+
+def test_background_waits_while_an_on_demand_read_runs(tmp_path: Path) -> None:
+    built = plain_layer(tmp_path)
+
+    async def go() -> None:
+        inner = FileBlobFetcher(built.path)
+        probe = await Layer.open(inner, LAYER_DIGEST, built.result.toc_digest,
+                                 TieredCache(MemoryCache(1 << 20)), Config())
+        target = probe.blob.chunks("lib/f7.bin")[0]
+        gated = GatedFetcher(inner, target.compressed_offset, target.compressed_end)
+        fetcher = CountingFetcher(gated)
+        layer = await Layer.open(fetcher, LAYER_DIGEST, built.result.toc_digest,
+                                 TieredCache(MemoryCache(64 << 20)), Config())
+        opened = len(fetcher.requests)
+        read = asyncio.create_task(layer.read("lib/f7.bin", 0, 100))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert len(fetcher.requests) == opened + 1  # the held read
+        layer.start()
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert len(fetcher.requests) == opened + 1  # background has not fetched meanwhile
+        gated.release.set()
+        assert await read == built.files["lib/f7.bin"][:100]
+        await layer.wait_background()
+        assert layer.stats().background_complete
+        assert len(fetcher.requests) > opened + 1
+
+    asyncio.run(go())
