@@ -103,6 +103,9 @@ async def serve(config: SnapshotterConfig, remote: RemoteLayers | None = None) -
             config.address.unlink(missing_ok=True)
     finally:
         snapshotter.close()
+        close = getattr(remote, "aclose", None)  # the lazy layers unmount their FUSE mount
+        if close is not None:
+            await close()
 
 
 def _claim_socket(address: Path) -> None:
@@ -180,7 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # grpc's and asyncio's own debug lines drown ours
         for noisy in ("grpc", "asyncio"):
             logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
-        run(config)
+        from stargz.snapshotter.lazy import load_lazy  # imported late: it loads pyfuse3
+
+        run(config, load_lazy(args.config, config.root))
     except StargzError as err:
         print(f"stargz snapshotter: {err}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
