@@ -46,12 +46,12 @@ WORKLOAD = ("cat", "/etc/motd", "/etc/layer2")
 class Stack:
     """Our snapshotter (optionally with the extracting remote hook) and containerd using it."""
 
-    def __init__(self, work: Path, extracting: bool) -> None:
+    def __init__(self, work: Path, extracting: bool, extra_args: Sequence[str] = ()) -> None:
         self.work = work
-        extra: list[str] = []
+        extra = list(extra_args)
         module = "stargz.snapshotter.daemon"
         if extracting:
-            module, extra = "tests.support.containerd", ["--layers", str(work / "layers")]
+            module, extra = "tests.support.containerd", [*extra, "--layers", str(work / "layers")]
         self.snapshotter = SnapshotterProcess(
             work / "stargz.sock", work / "snap-root", work / "snap.log", module, extra)
         self.containerd = Containerd(work / "containerd", self.snapshotter.address)
@@ -89,8 +89,9 @@ class Stack:
 
 
 @contextlib.contextmanager
-def running_stack(work: Path, extracting: bool) -> Iterator[Stack]:
-    stack = Stack(work, extracting)
+def running_stack(work: Path, extracting: bool, extra_args: Sequence[str] = ()
+                  ) -> Iterator[Stack]:
+    stack = Stack(work, extracting, extra_args)
     stack.snapshotter.start()  # before containerd (its backoff on a late proxy socket)
     try:
         stack.containerd.start()

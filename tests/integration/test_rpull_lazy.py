@@ -1,0 +1,88 @@
+"""Lazy pulling for real: `stargz rpull` into containerd, our snapshotter with its `[lazy]` layers
+(FUSE), the registry behind a counting proxy. The container runs while the registry served a
+small part of the image."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_rpull_containerd import (  # noqa: F401 (fixtures are found by name)
+    BIG_SIZE,
+    LAYER2_TEXT,
+    MOTD,
+    WORKLOAD,
+    Stack,
+    estargz_image_fixture,
+    registry_fixture,
+    running_stack,
+)
+from tests.support.faultproxy import FaultProxy
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(name="proxy")
+def proxy_fixture(registry: str) -> Iterator[FaultProxy]:
+    host, port = registry.rsplit(":", 1)
+    with FaultProxy(host, int(port)) as proxy:
+        yield proxy
+
+
+def _lazy_config(work: Path, proxy: FaultProxy) -> Path:
+    config = work / "snapshotter.toml"
+    # no background fetch: what the registry serves is then only what the run needed
+    config.write_text(f'[lazy]\nplain_http = ["{proxy.host}"]\nno_background_fetch = true\n')
+    return config
+
+
+@pytest.fixture(name="lazy_stack")
+def lazy_stack_fixture(tmp_path: Path, proxy: FaultProxy) -> Iterator[Stack]:
+    config = _lazy_config(tmp_path, proxy)
+    with running_stack(tmp_path, extracting=False, extra_args=["--config", str(config)]) as stack:
+        yield stack
+
+
+def _via_proxy(image: str, proxy: FaultProxy) -> str:
+    return proxy.host + "/" + image.split("/", 1)[1]
+
+
+def _blob_bytes(proxy: FaultProxy) -> int:
+    return proxy.bytes_served("/blobs/", method="GET")
+
+
+def test_lazy_rpull_runs_after_fetching_little(lazy_stack: Stack, proxy: FaultProxy,
+                                               estargz_image: str) -> None:
+    image = _via_proxy(estargz_image, proxy)
+    result = lazy_stack.rpull(image)
+    assert "2 lazy, 0 downloaded" in result.stdout, lazy_stack.snapshotter.log_text()[-3000:]
+    after_pull = _blob_bytes(proxy)
+    assert lazy_stack.run(image, "t-lazy", *WORKLOAD) == MOTD + LAYER2_TEXT
+    fetched = _blob_bytes(proxy)
+    print(f"lazy rpull: {after_pull} blob bytes at pull, {fetched} after the run "
+          f"(image holds a {BIG_SIZE}-byte file the run never reads)")
+    assert fetched < BIG_SIZE // 4
+    # the layers are FUSE directories inside the snapshotter's mount
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(lazy_stack.work / "snap-root" / "fuse") in mounts
+
+
+def test_ctr_remote_rpull_with_lazy_layers(lazy_stack: Stack, proxy: FaultProxy,
+                                           estargz_image: str) -> None:
+    image = _via_proxy(estargz_image, proxy)
+    lazy_stack.containerd.ctr("images", "rpull", "--plain-http", image, tool="ctr-remote")
+    assert lazy_stack.run(image, "t-ctr-remote", *WORKLOAD) == MOTD + LAYER2_TEXT
+    assert _blob_bytes(proxy) < BIG_SIZE // 4
+
+
+def test_lazy_layers_come_back_after_a_restart(lazy_stack: Stack, proxy: FaultProxy,
+                                               estargz_image: str) -> None:
+    image = _via_proxy(estargz_image, proxy)
+    lazy_stack.rpull(image)
+    assert lazy_stack.snapshotter.stop() == 0, lazy_stack.snapshotter.log_text()[-3000:]
+    lazy_stack.snapshotter.start()
+    out = lazy_stack.containerd.ctr_retry(
+        "run", "--rm", "--snapshotter", "stargz", image, "t-restart", *WORKLOAD)
+    assert out == MOTD + LAYER2_TEXT
