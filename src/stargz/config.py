@@ -102,7 +102,7 @@ def _build(kind: type[Any], data: dict[str, Any], prefix: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in known:
-            raise ConfigError(f"unknown config key {prefix}{key!r}")
+            raise ConfigError(f"unknown config key '{prefix}{key}'")
         kwargs[key] = _typed(known[key].type, value, prefix + key)
     return kind(**kwargs)
 
