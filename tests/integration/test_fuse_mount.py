@@ -196,6 +196,8 @@ def test_metrics_exporter_and_read_ahead(server: Server, layers: dict[str, Built
     dev = os.stat(server.mountpoint).st_dev
     knob = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
     assert knob.read_text().strip() == "1024"
+    vfs = os.statvfs(server.mountpoint)
+    assert vfs.f_bsize == 4096 and vfs.f_files > 300 and vfs.f_bfree == 0
 
 
 def test_killed_daemon_leaves_a_stale_mount_that_cleanup_removes(
@@ -262,3 +264,15 @@ def test_a_failing_fetch_is_eio_not_a_hang(layers: dict[str, BuiltLayer], tmp_pa
     finally:
         assert srv.stop() == 0
     assert not is_mounted(srv.mountpoint)
+
+
+def test_unmount_helper_detaches_a_busy_mount(layers: dict[str, BuiltLayer],
+                                              tmp_path: Path) -> None:
+    srv = Server(tmp_path / "mnt", [layers["lower"]])
+    with (srv.layer_dir(layers["lower"]) / "b/keep").open("rb") as busy:
+        unmount(srv.mountpoint)  # fusermount3 -u refuses (busy): detached lazily instead
+        assert not is_mounted(srv.mountpoint)
+        assert busy.read() == b"keep me\n"  # an open file keeps working until closed
+    srv.proc.wait(timeout=10)  # the daemon sees its mount gone and exits by itself
+    _, err = srv.proc.communicate(timeout=10)
+    assert srv.proc.returncode == 0, err.decode()

@@ -90,6 +90,7 @@ class LayerSlot:
     opaque: set[str] = field(default_factory=set)  # names of opaque directories
     state_dir: Node | None = None
     state_file: Node | None = None
+    usage: tuple[int, int] | None = None  # (file bytes, entries), counted once: layers never change
 
     @property
     def state_name(self) -> str:
@@ -253,13 +254,12 @@ class FSCore:
         return data
 
     def statfs(self) -> StatFS:
-        total = 0
-        files = 1
-        for view in self.layers():
-            for entry in view.blob.walk():
-                files += 1
-                total += entry.size if entry.type == "reg" else 0
-        return StatFS(BLOCK_SIZE, (total + BLOCK_SIZE - 1) // BLOCK_SIZE, files)
+        with self._lock:
+            slots = list(self._layers.values())
+        totals = [self._layer_usage(slot) for slot in slots]
+        size = sum(t[0] for t in totals)
+        files = 1 + sum(t[1] for t in totals)
+        return StatFS(BLOCK_SIZE, (size + BLOCK_SIZE - 1) // BLOCK_SIZE, files)
 
     def state_json(self, node: Node) -> bytes:
         """The reference's layer state: digest, size, fetchedSize, fetchedPercent (and error)."""
@@ -336,6 +336,14 @@ class FSCore:
                     slot.state_file = self._new_node("state_file", slot, None)
                 return slot.state_file
         return None
+
+    @staticmethod
+    def _layer_usage(slot: LayerSlot) -> tuple[int, int]:
+        if slot.usage is None:
+            entries = list(slot.view.blob.walk())
+            size = sum(e.size for e in entries if e.type == "reg")
+            slot.usage = (size, len(entries))
+        return slot.usage
 
     def _entry_attr(self, slot: LayerSlot, ino: int, entry: TOCEntry) -> Attr:
         kind = _TYPE_BITS.get(entry.type)
