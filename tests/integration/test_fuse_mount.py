@@ -46,7 +46,8 @@ class Server:
     """``python -m stargz.fs.serve`` in a child process, stopped by its own PID."""
 
     def __init__(self, mountpoint: Path, layers: list[BuiltLayer], *extra: str) -> None:
-        mountpoint.mkdir(parents=True, exist_ok=True)
+        if not is_mounted(mountpoint):  # a stale mount is left for the server to clear
+            mountpoint.mkdir(parents=True, exist_ok=True)
         self.mountpoint = mountpoint
         specs = [f"{layer.blob}={layer.toc_digest}" for layer in layers]
         self.proc = subprocess.Popen(
@@ -216,7 +217,14 @@ def test_killed_daemon_leaves_a_stale_mount_that_cleanup_removes(
     # and the directory can be mounted again
     again = Server(srv.mountpoint, [layers["lower"]])
     assert (again.layer_dir(layers["lower"]) / "a/x").read_text() == "lower x\n"
-    assert again.stop() == 0
+    again.proc.kill()
+    again.proc.communicate(timeout=10)
+    assert is_stale(srv.mountpoint)
+    # a new daemon clears the stale mount it finds on its mountpoint by itself
+    third = Server(srv.mountpoint, [layers["lower"]])
+    assert (third.layer_dir(layers["lower"]) / "a/y").read_text() == "lower y\n"
+    assert third.stop() == 0
+    assert not is_mounted(srv.mountpoint)
 
 
 def test_layers_join_a_live_mount_in_process(layers: dict[str, BuiltLayer],
