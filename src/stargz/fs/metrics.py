@@ -17,6 +17,7 @@ from stargz.errors import ConfigError
 from stargz.fs.view import LayerView
 
 _FETCH_KINDS = (
+    ("metadata", "fetched_metadata"),  # footer and TOC
     ("on_demand", "fetched_on_demand"),
     ("prefetch", "fetched_prefetch"),
     ("background", "fetched_background"),
