@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 
 import pytest
@@ -245,3 +246,57 @@ def test_small_files_packed_in_one_member_share_a_fetch(tmp_path: Path) -> None:
 
     assert asyncio.run(go()) == list(files.values())
     assert len(fetcher.requests) == 2  # the tail, then one request for every small file
+
+
+def test_toc_bigger_than_the_tail_read_takes_one_more_request(tmp_path: Path) -> None:
+    files = {f"d/{payload(i, 16).hex()}/{i}": payload(i, 40) for i in range(7500)}
+    built = build_blob(tmp_path, files)
+    size = built.result.blob_size
+    assert size - built.result.toc_offset > TAIL_READ
+    fetcher = CountingFetcher(FileBlobFetcher(built.path))
+
+    async def go() -> bytes:
+        layer = await open_layer(built, fetcher, memory_cache())
+        assert len(fetcher.requests) == 2
+        assert fetcher.requests[1] == [(built.result.toc_offset, size - TAIL_READ)]
+        assert layer.stats().fetched_metadata == size - built.result.toc_offset
+        return await layer.read("d/" + payload(7, 16).hex() + "/7", 0, 100)
+
+    assert asyncio.run(go()) == payload(7, 40)
+
+
+def test_a_cancelled_reader_does_not_fail_others_waiting_for_the_chunk(tmp_path: Path) -> None:
+    built = big_layer(tmp_path)
+    fetcher = CountingFetcher(FileBlobFetcher(built.path))
+
+    async def go() -> bytes:
+        layer = await open_layer(built, fetcher, memory_cache())
+        first = asyncio.create_task(layer.read("data/f11.bin", 0, 50))
+        second = asyncio.create_task(layer.read("data/f11.bin", 10, 50))
+        await asyncio.sleep(0)
+        first.cancel()
+        data = await second
+        assert first.cancelled()
+        await layer.close()
+        return data
+
+    assert asyncio.run(go()) == built.files["data/f11.bin"][10:60]
+    assert len(fetcher.requests) == 2
+
+
+def test_random_reads_match_the_files(tmp_path: Path) -> None:
+    built = big_layer(tmp_path)
+    rng = random.Random(5)
+    names = sorted(built.files)
+    cases = []
+    for _ in range(200):
+        name = rng.choice(names)
+        cases.append((name, rng.randrange(0, len(built.files[name]) + 10), rng.randrange(0, 70000)))
+
+    async def go() -> list[bytes]:
+        cache = TieredCache(MemoryCache(100 << 10))  # small: evictions happen during the run
+        layer = await open_layer(built, CountingFetcher(FileBlobFetcher(built.path)), cache)
+        return list(await asyncio.gather(*(layer.read(n, o, s) for n, o, s in cases)))
+
+    got = asyncio.run(go())
+    assert got == [built.files[n][o:o + s] for n, o, s in cases]
