@@ -201,6 +201,8 @@ def test_not_a_file_and_empty_reads(tmp_path: Path) -> None:
             await layer.read("nope", 0, 10)
         assert await layer.read("etc/small.txt", 1000, 10) == b""
         assert await layer.read("etc/small.txt", 0, 0) == b""
+        with pytest.raises(InvalidArgumentError):
+            await layer.read("etc/small.txt", -1, 10)
 
     asyncio.run(go())
 

@@ -17,6 +17,7 @@ from stargz.config import Config
 from stargz.errors import (
     CacheError,
     ChunkDigestMismatch,
+    InvalidArgumentError,
     NotFoundError,
     StargzError,
     TransportError,
@@ -99,7 +100,7 @@ class Layer:
         if entry is None or entry.type != "reg":
             raise NotFoundError(f"{path!r} is not a regular file in layer {self._digest}")
         if offset < 0 or size < 0:
-            raise NotFoundError(f"invalid read of {size} bytes at {offset} in {path!r}")
+            raise InvalidArgumentError(f"invalid read of {size} bytes at {offset} in {path!r}")
         end = min(entry.size, offset + size)
         if offset >= end:
             return b""
