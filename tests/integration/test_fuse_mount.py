@@ -284,3 +284,14 @@ def test_unmount_helper_detaches_a_busy_mount(layers: dict[str, BuiltLayer],
     srv.proc.wait(timeout=10)  # the daemon sees its mount gone and exits by itself
     _, err = srv.proc.communicate(timeout=10)
     assert srv.proc.returncode == 0, err.decode()
+
+
+def test_listings_hold_dot_and_dotdot(server: Server, layers: dict[str, BuiltLayer]) -> None:
+    root = server.layer_dir(layers["busybox"])
+    for directory, parent in ((root / "srv/data", root / "srv"), (root, server.mountpoint)):
+        lines = subprocess.run(["ls", "-1ai", str(directory)], capture_output=True, text=True,
+                               check=True).stdout.splitlines()
+        inodes = {name: int(ino) for ino, name in (line.split(maxsplit=1) for line in lines)}
+        assert inodes["."] == os.stat(directory).st_ino
+        assert inodes[".."] == os.stat(parent).st_ino
+        assert sorted(set(inodes) - {".", ".."}) == sorted(os.listdir(directory))

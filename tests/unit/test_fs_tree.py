@@ -236,3 +236,16 @@ def test_core_serves_a_real_lazy_layer(tmp_path: Path) -> None:
             await view.close()
 
     asyncio.run(run())
+
+
+def test_parents(tmp_path: Path) -> None:
+    lower, _ = lower_upper(tmp_path)
+    core = FSCore()
+    name = core.add_layer(lower.view())
+    layer_root = resolve(core, name)
+    assert core.parent(ROOT_INODE).ino == ROOT_INODE
+    assert core.parent(layer_root.ino).ino == ROOT_INODE
+    assert core.parent(resolve(core, f"{name}/a").ino) is layer_root
+    assert core.parent(resolve(core, f"{name}/a/x").ino) is resolve(core, f"{name}/a")
+    state_dir = resolve(core, f"{name}/.stargz-snapshotter")
+    assert core.parent(state_dir.ino) is layer_root

@@ -112,7 +112,8 @@ class StargzOperations(pyfuse3.Operations):
         self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
     ) -> None:
         async def run() -> None:
-            children = self.core.readdir(fh)
+            dots = [(".", self.core.node(fh)), ("..", self.core.parent(fh))]
+            children = dots + self.core.readdir(fh)
             for index in range(start_id, len(children)):
                 name, node = children[index]
                 if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attr_of(node),

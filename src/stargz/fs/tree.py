@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import posixpath
 import stat
 import threading
 import time
@@ -192,6 +193,22 @@ class FSCore:
 
     def readdir(self, ino: int) -> list[tuple[str, Node]]:
         return sorted(self.listing(ino).items())
+
+    def parent(self, ino: int) -> Node:
+        """The directory holding ``ino`` (the mount root is its own parent)."""
+        node = self.node(ino)
+        slot = node.layer
+        if slot is None or node is slot.root:
+            return self._nodes[ROOT_INODE]
+        if node.kind in ("state_dir", "state_file"):
+            found = slot.root if node.kind == "state_dir" else slot.state_dir
+            assert found is not None
+            return found
+        assert node.entry is not None
+        holder = slot.view.blob.lookup(posixpath.dirname(node.entry.name))
+        assert holder is not None  # every parent of a TOC name is a directory in the index
+        with self._lock:
+            return self._node_for(slot, holder, "entry")
 
     def getattr(self, ino: int) -> Attr:
         node = self.node(ino)
