@@ -10,7 +10,13 @@ from stargz.config import Config
 from stargz.estargz.reader import TAIL_READ
 from stargz.layer import Layer, mount
 from stargz.remote import CountingFetcher, FileBlobFetcher, Range
-from tests.unit.test_layer_helpers import LAYER_DIGEST, Built, build_blob, payload
+from tests.unit.test_layer_helpers import (
+    LAYER_DIGEST,
+    Built,
+    SwitchableFetcher,
+    build_blob,
+    payload,
+)
 
 PRIORITIZED = ("app/first.bin", "app/second.bin")
 
@@ -153,5 +159,45 @@ def test_background_waits_while_an_on_demand_read_runs(tmp_path: Path) -> None:
         await layer.wait_background()
         assert layer.stats().background_complete
         assert len(fetcher.requests) > opened + 1
+
+    asyncio.run(go())
+
+
+def test_failed_prefetch_is_reported_and_reads_recover(tmp_path: Path) -> None:
+    built = prioritized_layer(tmp_path)
+    switch = SwitchableFetcher(FileBlobFetcher(built.path))
+
+    async def go() -> None:
+        layer = await Layer.open(switch, LAYER_DIGEST, built.result.toc_digest,
+                                 TieredCache(MemoryCache(64 << 20)),
+                                 Config(no_background_fetch=True))
+        switch.up = False
+        layer.start()
+        assert await layer.wait_prefetch()
+        stats = layer.stats()
+        assert not stats.prefetch_complete and "unreachable" in stats.last_error
+        switch.up = True
+        assert await layer.read(PRIORITIZED[0], 0, 1 << 20) == built.files[PRIORITIZED[0]]
+
+    asyncio.run(go())
+
+
+def test_close_stops_a_running_background_fetch(tmp_path: Path) -> None:
+    built = plain_layer(tmp_path)
+    fetcher = CountingFetcher(FileBlobFetcher(built.path))
+
+    async def go() -> None:
+        layer = await Layer.open(fetcher, LAYER_DIGEST, built.result.toc_digest,
+                                 TieredCache(MemoryCache(64 << 20)),
+                                 Config(background_batch_bytes=10000, max_concurrency=1))
+        layer.start()
+        await asyncio.sleep(0)
+        await layer.close()
+        await layer.wait_background()
+        assert not layer.stats().background_complete
+        count = len(fetcher.requests)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert len(fetcher.requests) == count  # nothing runs after close
 
     asyncio.run(go())

@@ -268,21 +268,18 @@ class Layer:
 
     async def wait_background(self) -> None:
         """Wait until the prefetch and the background fetch have finished (or were stopped)."""
-        if self._started is not None:
-            await asyncio.shield(self._started)
-        if self._background is not None:
-            await asyncio.gather(self._background, return_exceptions=True)
+        for task in (self._started, self._background):
+            if task is not None:
+                await asyncio.gather(asyncio.shield(task), return_exceptions=True)
+        if self._background is not None:  # spawned by _started while we waited
+            await asyncio.gather(asyncio.shield(self._background), return_exceptions=True)
 
     async def _prefetch_then_background(self) -> None:
+        end = self.prefetch_end()
+        chunks = [c for c in self.all_chunks if c.compressed_offset < end]
         try:
-            end = self.prefetch_end()
-            chunks = [c for c in self.all_chunks if c.compressed_offset < end]
-            for group in _groups(chunks, self.config.background_batch_bytes):
-                await self.load(group, "prefetch")
-            self._stats.prefetch_complete = True
-        except StargzError as err:
-            log.warning("layer %s: prefetch failed: %s", self._digest, err)
-            self._stats.last_error = str(err)
+            failures = await self._fetch_groups(chunks, "prefetch")
+            self._stats.prefetch_complete = failures == 0
         finally:
             self._prefetched.set()
         if not self._background_off:
@@ -290,26 +287,34 @@ class Layer:
 
     async def _fetch_rest(self) -> None:
         """Fetch every chunk not yet cached, yielding to on-demand reads."""
-        groups = _groups(self.all_chunks, self.config.background_batch_bytes)
+        failures = await self._fetch_groups(self.all_chunks, "background")
+        self._stats.background_complete = failures == 0 and not self._background_off
+
+    async def _fetch_groups(self, chunks: list[Chunk], kind: FetchKind) -> int:
+        """Load ``chunks`` in groups with ``max_concurrency`` workers; the number of groups
+        that failed. Background workers wait while on-demand reads are in flight."""
+        groups = _groups(chunks, self.config.background_batch_bytes)
         failures = 0
 
         async def worker() -> None:
             nonlocal failures
-            while groups and not self._background_off:
+            while groups and not (kind == "background" and self._background_off):
                 group = groups.pop(0)
-                await self.idle.wait()  # on-demand reads first
+                if kind == "background":
+                    await self.idle.wait()  # on-demand reads first
                 try:
-                    await self.load(group, "background")
+                    await self.load(group, kind)
                 except StargzError as err:
                     failures += 1
                     self._stats.last_error = str(err)
-                    log.warning("layer %s: background fetch: %s", self._digest, err)
+                    log.warning("layer %s: %s fetch: %s", self._digest, kind, err)
 
         await asyncio.gather(*(worker() for _ in range(self.config.max_concurrency)))
-        self._stats.background_complete = failures == 0 and not self._background_off
+        return failures
 
     async def close(self) -> None:
         """Stop fetches still running (their waiters get a TransportError)."""
+        self._background_off = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
