@@ -103,6 +103,7 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], ca_file: Path | None, l
             with urllib.request.urlopen(url, timeout=1, context=context):
                 return
         except urllib.error.HTTPError as err:
+            err.close()  # it holds the response's socket
             if err.code == 401:  # up, and asking for credentials
                 return
         except OSError:
@@ -116,10 +117,12 @@ def _start_token_server(workdir: Path) -> tuple[str, Path, subprocess.Popen[byte
     port = free_port()
     script = Path(__file__).with_name("tokenserver.py")
     log = workdir / "tokenserver.out"
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(key), str(cert), str(port), f"{USERNAME}:{PASSWORD}"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT,
-        env={"PATH": "/usr/bin:/bin", "TOKENSERVER_LOG": str(workdir / "token-requests.log")})
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(key), str(cert), str(port),
+             f"{USERNAME}:{PASSWORD}"],
+            stdout=log_file, stderr=subprocess.STDOUT,
+            env={"PATH": "/usr/bin:/bin", "TOKENSERVER_LOG": str(workdir / "token-requests.log")})
     realm = f"http://127.0.0.1:{port}/token"
     try:
         _wait_until_listening(port, proc, log)
@@ -172,8 +175,9 @@ def run_registry(workdir: Path, *, auth: Auth = "none", tls: bool = False) -> It
     config_path = workdir / "config.yml"
     config_path.write_text(json.dumps(config))  # JSON is YAML
     log = workdir / "registry.out"
-    proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config_path)],
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    with log.open("wb") as log_file:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config_path)],
+                                stdout=log_file, stderr=subprocess.STDOUT)
     scheme = "https" if tls else "http"
     creds = (USERNAME, PASSWORD) if auth != "none" else (None, None)
     registry = RunningRegistry(f"127.0.0.1:{port}", scheme, workdir, proc, ca_file, *creds,

@@ -10,6 +10,7 @@ from stargz.registry.client import RegistryClient
 from stargz.registry.credentials import CredentialStore
 from stargz.registry.hosts import HostsConfig
 from stargz.registry.reference import Reference
+from stargz.registry.retry import RetryPolicy
 
 
 def add_registry_options(cmd: argparse.ArgumentParser) -> None:
@@ -20,6 +21,11 @@ def add_registry_options(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--hosts-dir", type=Path, metavar="DIR",
                      help="containerd-style hosts directory (DIR/<host>/hosts.toml): "
                      "mirrors, CAs, plain HTTP")
+    cmd.add_argument("--timeout", type=float, default=RetryPolicy.timeout, metavar="SECONDS",
+                     help="give up on a registry request that stalls this long, then retry "
+                     "(default %(default)s)")
+    cmd.add_argument("--retries", type=int, default=RetryPolicy.max_retries, metavar="N",
+                     help="retries for resets, timeouts, 5xx and 429 (default %(default)s)")
     cmd.add_argument("--user", metavar="USER:PASSWORD",
                      help="registry credentials (default: $STARGZ_USERNAME/$STARGZ_PASSWORD, "
                      "then the Docker config)")
@@ -35,4 +41,5 @@ def registry_client(args: argparse.Namespace, refs: Iterable[Reference]) -> Regi
     return RegistryClient(
         hosts=HostsConfig.create(args.hosts_dir, insecure),
         credentials=CredentialStore.from_environment(username, password or None),
+        retry=RetryPolicy(max_retries=args.retries, timeout=args.timeout),
     )
