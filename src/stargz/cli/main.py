@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from stargz.cli import blob, convert, rpull
+from stargz.cli import blob, convert, inspect, rpull
 from stargz.errors import StargzError
 
 PROG = "stargz"
@@ -28,6 +28,7 @@ EXIT_INTERRUPTED = 130
 GROUPS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
     blob.register,
     convert.register,
+    inspect.register,
     rpull.register,
 )
 
