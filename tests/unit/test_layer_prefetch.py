@@ -122,6 +122,7 @@ class GatedFetcher:
         self._inner = inner
         self.hold = (hold_from, hold_to)
         self.release = asyncio.Event()
+        self.holding = asyncio.Event()
 
     @property
     def size(self) -> int:
@@ -129,6 +130,7 @@ class GatedFetcher:
 
     async def fetch(self, ranges: list[Range]) -> list[bytes]:
         if any(s >= self.hold[0] and e <= self.hold[1] for s, e in ranges):
+            self.holding.set()
             await self.release.wait()
         return await self._inner.fetch(ranges)
 
@@ -147,12 +149,12 @@ def test_background_waits_while_an_on_demand_read_runs(tmp_path: Path) -> None:
                                  TieredCache(MemoryCache(64 << 20)), Config())
         opened = len(fetcher.requests)
         read = asyncio.create_task(layer.read("lib/f7.bin", 0, 100))
-        for _ in range(20):
-            await asyncio.sleep(0)
+        await gated.holding.wait()
         assert len(fetcher.requests) == opened + 1  # the held read
         layer.start()
+        assert await layer.wait_prefetch()  # nothing to prefetch: the background starts
         for _ in range(50):
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.001)
         assert len(fetcher.requests) == opened + 1  # background has not fetched meanwhile
         gated.release.set()
         assert await read == built.files["lib/f7.bin"][:100]
