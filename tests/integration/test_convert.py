@@ -234,3 +234,41 @@ def test_registry_that_keeps_failing_leaves_no_tag(
         manifest_of(registry.host, "test/busybox", "broken")
     assert missing.value.code == 404
     missing.value.close()
+
+
+def test_image_converted_by_ctr_remote_reads_with_our_client(
+    registry: RunningRegistry, source_ref: str, tmp_path: Path
+) -> None:
+    from tests.support.containerd import Containerd
+
+    dest = f"{registry.host}/test/busybox:ctr-remote"
+    ctd = Containerd(tmp_path / "containerd", tmp_path / "no-proxy.sock")
+    ctd.start()
+    try:
+        ctd.ctr("images", "pull", "--plain-http", source_ref)
+        ctd.ctr("images", "convert", "--oci", "--estargz", source_ref, dest, tool="ctr-remote")
+        ctd.ctr("images", "push", "--plain-http", dest)
+    finally:
+        ctd.stop()
+    manifest = manifest_of(registry.host, "test/busybox", "ctr-remote")
+    for layer in manifest["layers"]:
+        want = layer["annotations"][TOC_DIGEST]
+        got = stargz("get-toc-digest", "--plain-http", dest, layer["digest"]).stdout.strip()
+        assert got == want
+        blob = tmp_path / "layer.blob"
+        blob.write_bytes(blob_of(registry.host, "test/busybox", layer["digest"]))
+        stargz("blob", "verify", str(blob), "--toc-digest", want)
+        out = tmp_path / "rootfs"
+        stargz("blob", "extract", str(blob), str(out), "--toc-digest", want)
+        assert (out / "etc/motd").read_bytes() == MOTD
+
+
+def test_get_toc_digest_of_a_plain_gzip_layer_is_one_clear_error(
+    registry: RunningRegistry, source_ref: str
+) -> None:
+    [layer] = manifest_of(registry.host, "test/busybox", "v1")["layers"]
+    result = stargz("get-toc-digest", "--plain-http", source_ref, layer["digest"], check=False)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("stargz: error:") and "footer" in line
