@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from stargz.config import BlobConfig
 from stargz.errors import RangeError, TransportError
 from stargz.registry.reference import Reference
 from stargz.remote import (
@@ -18,6 +22,7 @@ from stargz.remote import (
     batches,
     fetch_checked,
     merge_ranges,
+    retry_policy,
     slice_from,
 )
 
@@ -101,3 +106,19 @@ def test_inflight_shares_and_forgets() -> None:
         assert unwatched.done() and flights.get("j") is None
 
     asyncio.run(go())
+
+
+@given(st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 300)), max_size=40),
+       st.integers(1, 2000))
+def test_merge_covers_every_need_and_nothing_overlaps(raw: list[tuple[int, int]],
+                                                      granularity: int) -> None:
+    needs = [(start, start + length) for start, length in raw]
+    merged = merge_ranges(needs, granularity)
+    for start, end in needs:
+        assert start == end or any(s <= start and end <= e for s, e in merged)
+    for (_, end), (start, _) in itertools.pairwise(merged):
+        assert start - end >= granularity
+
+
+def test_retry_policy_follows_blob_config() -> None:
+    assert retry_policy(BlobConfig(max_retries=2)).max_retries == 2

@@ -6,6 +6,7 @@ from stargz.remote.fetcher import (
     FileBlobFetcher,
     RegistryBlobFetcher,
     fetch_checked,
+    retry_policy,
 )
 from stargz.remote.inflight import InFlight
 from stargz.remote.regions import Range, SpanSet, batches, merge_ranges, slice_from
@@ -21,5 +22,6 @@ __all__ = [
     "batches",
     "fetch_checked",
     "merge_ranges",
+    "retry_policy",
     "slice_from",
 ]

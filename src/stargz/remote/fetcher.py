@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from stargz.config import BlobConfig
 from stargz.errors import RangeError, StargzError, TransportError
 from stargz.registry.reference import Reference
+from stargz.registry.retry import RetryPolicy
 from stargz.remote.regions import Range
 
 
@@ -131,3 +133,9 @@ async def fetch_checked(fetcher: BlobFetcher, ranges: list[Range], timeout: floa
     except OSError as err:
         raise TransportError(f"fetch failed: {err}") from None
     return check_answer(ranges, data)
+
+
+def retry_policy(blob: BlobConfig) -> RetryPolicy:
+    """The registry client's retry policy for ``[blob]`` settings, so every front end builds
+    its client the same way: ``RegistryClient(..., retry=retry_policy(config.blob))``."""
+    return RetryPolicy(max_retries=blob.max_retries)
