@@ -37,7 +37,10 @@ class DiskCache:
             (self.root / "sha256").mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise CacheError(f"cannot create cache directory {self.root}: {err.strerror}") from None
-        self._scan()
+        try:
+            self._scan()
+        except OSError as err:
+            raise CacheError(f"cannot scan cache directory {self.root}: {err.strerror}") from None
         self._evict()
 
     @property
