@@ -302,3 +302,21 @@ def test_random_reads_match_the_files(tmp_path: Path) -> None:
 
     got = asyncio.run(go())
     assert got == [built.files[n][o:o + s] for n, o, s in cases]
+
+
+def test_disk_cache_is_shared_across_layers_by_chunk_digest(tmp_path: Path) -> None:
+    shared = payload(42, 30000)
+    one = build_blob(tmp_path, {"a/shared.bin": shared, "a/x": b"one"}, name="one")
+    two = build_blob(tmp_path, {"b/other": b"two" * 100, "b/same.bin": shared}, name="two")
+    cache_dir = tmp_path / "cache"
+
+    async def read(built: Built, name: str, fetcher: CountingFetcher) -> bytes:
+        cache = TieredCache(MemoryCache(1 << 20), DiskCache(cache_dir, 1 << 30))
+        layer = await open_layer(built, fetcher, cache)
+        return await layer.read(name, 0, 1 << 20)
+
+    assert asyncio.run(read(one, "a/shared.bin", CountingFetcher(FileBlobFetcher(one.path)))) \
+        == shared
+    second = CountingFetcher(FileBlobFetcher(two.path))
+    assert asyncio.run(read(two, "b/same.bin", second)) == shared
+    assert len(second.requests) == 1  # only the footer/TOC of the second layer
