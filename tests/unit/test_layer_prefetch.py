@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import hashlib
+import io
+import json
+import tarfile
 from pathlib import Path
 
 from stargz.cache import MemoryCache, TieredCache
 from stargz.config import Config
-from stargz.estargz.reader import TAIL_READ
+from stargz.estargz.footer import estargz_footer
+from stargz.estargz.reader import TAIL_READ, open_blob
+from stargz.estargz.source import BytesSource
+from stargz.estargz.toc import TOC_TAR_NAME
 from stargz.layer import Layer, mount
 from stargz.remote import CountingFetcher, FileBlobFetcher, Range
 from tests.unit.test_layer_helpers import (
@@ -201,5 +209,40 @@ def test_close_stops_a_running_background_fetch(tmp_path: Path) -> None:
         for _ in range(20):
             await asyncio.sleep(0)
         assert len(fetcher.requests) == count  # nothing runs after close
+
+    asyncio.run(go())
+
+
+def without_landmarks(built: Built, tmp: Path) -> tuple[Path, str]:
+    """The same blob with its landmark entries dropped from a rewritten TOC (as old stargz
+    blobs are): the data is untouched, the TOC member and footer are new."""
+    raw = built.path.read_bytes()
+    blob = open_blob(BytesSource(raw))
+    toc = json.loads(blob.toc_json)
+    toc["entries"] = [e for e in toc["entries"] if not e["name"].endswith("landmark")]
+    toc_json = json.dumps(toc).encode()
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w", format=tarfile.USTAR_FORMAT) as out:
+        info = tarfile.TarInfo(TOC_TAR_NAME)
+        info.size = len(toc_json)
+        out.addfile(info, io.BytesIO(toc_json))
+    toc_offset = blob.footer.toc_offset
+    path = tmp / "no-landmarks"
+    path.write_bytes(raw[:toc_offset] + gzip.compress(tar.getvalue()) + estargz_footer(toc_offset))
+    return path, "sha256:" + hashlib.sha256(toc_json).hexdigest()
+
+
+def test_without_landmarks_prefetch_size_applies(tmp_path: Path) -> None:
+    path, toc_digest = without_landmarks(plain_layer(tmp_path), tmp_path)
+    fetcher = CountingFetcher(FileBlobFetcher(path))
+
+    async def go() -> None:
+        layer = await mount(fetcher, LAYER_DIGEST, toc_digest, TieredCache(MemoryCache(64 << 20)),
+                            Config(no_background_fetch=True, prefetch_size=100000))
+        assert layer.prefetch_end() == 100000
+        fetched = data_requests(fetcher, fetcher.size)
+        assert fetched and min(s for r in fetched for s, _ in r) < 1000  # the first file
+        assert max(e for r in fetched for _, e in r) < 100000 + 20000  # up to the last chunk
+        assert layer.stats().prefetch_complete and layer.stats().fetched_prefetch >= 90000
 
     asyncio.run(go())
