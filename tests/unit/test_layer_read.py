@@ -320,3 +320,19 @@ def test_disk_cache_is_shared_across_layers_by_chunk_digest(tmp_path: Path) -> N
     second = CountingFetcher(FileBlobFetcher(two.path))
     assert asyncio.run(read(two, "b/same.bin", second)) == shared
     assert len(second.requests) == 1  # only the footer/TOC of the second layer
+
+
+def test_concurrent_reads_of_several_files_go_out_as_one_multi_range_request(
+        tmp_path: Path) -> None:
+    built = big_layer(tmp_path)
+    fetcher = CountingFetcher(FileBlobFetcher(built.path))
+    names = ["data/f02.bin", "data/f09.bin", "data/f30.bin"]
+    config = Config(no_background_fetch=True, blob=BlobConfig(chunk_size=1))  # no gap merging
+
+    async def go() -> list[bytes]:
+        layer = await open_layer(built, fetcher, memory_cache(), config)
+        return list(await asyncio.gather(*(layer.read(n, 0, 20000) for n in names)))
+
+    assert asyncio.run(go()) == [built.files[n][:20000] for n in names]
+    assert len(fetcher.requests) == 2
+    assert len(fetcher.requests[1]) == 3  # one range per file (2 chunks each, adjacent)

@@ -52,6 +52,7 @@ class Layer:
         self.config = config
         self._stats = stats
         self._inflight = InFlight()
+        self._pending: dict[FetchKind, tuple[list[Chunk], set[str]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._reads_in_flight = 0
         self.idle = asyncio.Event()  # set while no on-demand read runs; background waits on it
@@ -141,8 +142,22 @@ class Layer:
                     waits[sibling.digest] = self._inflight.claim(sibling.digest)
                     claimed.append(sibling)
         if claimed:
-            self._spawn(self._resolve_group(claimed, set(wanted), kind))
+            self._enqueue(claimed, set(wanted), kind)
         return {digest: await asyncio.shield(waits[digest]) for digest in wanted}
+
+    def _enqueue(self, claimed: list[Chunk], wanted: set[str], kind: FetchKind) -> None:
+        """Queue claimed chunks; everything claimed in this turn of the event loop (say, the
+        kernel's concurrent reads of several files) goes out as one multi-range request."""
+        pending = self._pending.get(kind)
+        if pending is None:
+            pending = self._pending[kind] = ([], set())
+            asyncio.get_running_loop().call_soon(self._flush, kind)
+        pending[0].extend(claimed)
+        pending[1].update(wanted)
+
+    def _flush(self, kind: FetchKind) -> None:
+        chunks, wanted = self._pending.pop(kind)
+        self._spawn(self._resolve_group(chunks, wanted, kind))
 
     def _join(self, digest: str, waits: dict[str, asyncio.Future[bytes]]) -> bool:
         future = self._inflight.get(digest)
