@@ -10,13 +10,13 @@ import json
 import tarfile
 from pathlib import Path
 
-from stargz.cache import MemoryCache, TieredCache
-from stargz.config import Config
+from stargz.cache import MemoryCache, TieredCache, cache_from_config
+from stargz.config import CacheConfig, Config
 from stargz.estargz.footer import estargz_footer
 from stargz.estargz.reader import TAIL_READ, open_blob
 from stargz.estargz.source import BytesSource
 from stargz.estargz.toc import TOC_TAR_NAME
-from stargz.layer import Layer, mount
+from stargz.layer import Layer, mount, mount_from_file
 from stargz.remote import CountingFetcher, FileBlobFetcher, Range
 from tests.unit.test_layer_helpers import (
     LAYER_DIGEST,
@@ -246,3 +246,19 @@ def test_without_landmarks_prefetch_size_applies(tmp_path: Path) -> None:
         assert layer.stats().prefetch_complete and layer.stats().fetched_prefetch >= 90000
 
     asyncio.run(go())
+
+
+def test_mount_from_file_with_background_fetch_into_a_disk_cache(tmp_path: Path) -> None:
+    built = prioritized_layer(tmp_path)
+    cache = cache_from_config(CacheConfig(directory=str(tmp_path / "cache")))
+
+    async def go() -> None:
+        layer = await mount_from_file(built.path, LAYER_DIGEST, built.result.toc_digest, cache,
+                                      Config())
+        await layer.wait_background()
+        assert layer.stats().background_complete
+
+    asyncio.run(go())
+    assert cache.disk is not None
+    chunks = sum(-(-len(d) // 10000) for d in built.files.values())
+    assert len(cache.disk) == chunks + 1  # and the landmark file
