@@ -20,8 +20,10 @@ class LayerStats:
     fetched_prefetch: int = 0
     fetched_background: int = 0
     requests: int = 0
-    cache_hits: int = 0  # chunks a read found verified in a cache
-    cache_misses: int = 0  # chunks a read had to fetch (or wait for)
+    # Chunks an on-demand read looked up itself: found verified in a cache, or fetched. A read
+    # that joins a fetch already running (another read's, the prefetch's) counts in neither.
+    cache_hits: int = 0
+    cache_misses: int = 0
     prefetch_complete: bool = False
     background_complete: bool = False
     last_error: str = ""
