@@ -25,23 +25,43 @@ from stargz.registry import (
 from stargz.registry.manifest import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, sha256_digest
 from tests.support import registry as support
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not support.available(), reason="docker-registry/openssl not installed"),
-]
+pytestmark = pytest.mark.integration
 KINDS = {"plain": ("none", False), "basic": ("basic", False), "tls-basic": ("basic", True),
          "token": ("token", False), "tls-token": ("token", True)}
 BLOB = bytes((i * 7 + i // 251) % 256 for i in range(300_000))
 FAST = RetryPolicy(max_retries=2, initial_backoff=0.01)
 
 
+def _running(request: pytest.FixtureRequest,
+             factory: pytest.TempPathFactory) -> Iterator[support.RunningRegistry]:
+    auth, tls = KINDS[request.param]
+    with support.run_registry(factory.mktemp(request.param), auth=auth, tls=tls) as running:
+        yield running
+
+
+# One fixture per set of kinds a test applies to, so no test is generated only to be skipped.
 @pytest.fixture(scope="module", params=list(KINDS))
 def registry(request: pytest.FixtureRequest,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[support.RunningRegistry]:
-    auth, tls = KINDS[request.param]
-    with support.run_registry(tmp_path_factory.mktemp(request.param), auth=auth,
-                              tls=tls) as running:
-        yield running
+    yield from _running(request, tmp_path_factory)
+
+
+@pytest.fixture(scope="module", params=[k for k, (auth, _) in KINDS.items() if auth != "none"])
+def auth_registry(request: pytest.FixtureRequest,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[support.RunningRegistry]:
+    yield from _running(request, tmp_path_factory)
+
+
+@pytest.fixture(scope="module", params=[k for k, (auth, _) in KINDS.items() if auth == "token"])
+def token_registry(request: pytest.FixtureRequest,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[support.RunningRegistry]:
+    yield from _running(request, tmp_path_factory)
+
+
+@pytest.fixture(scope="module", params=[k for k, (_, tls) in KINDS.items() if tls])
+def tls_registry(request: pytest.FixtureRequest,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[support.RunningRegistry]:
+    yield from _running(request, tmp_path_factory)
 
 
 def docker_config(directory: Path, host: str, username: str, password: str) -> Path:
@@ -105,10 +125,9 @@ def test_push_and_pull_back(registry: support.RunningRegistry) -> None:
     run(body())
 
 
-def test_wrong_credentials_fail_cleanly(registry: support.RunningRegistry,
+def test_wrong_credentials_fail_cleanly(auth_registry: support.RunningRegistry,
                                         caplog: pytest.LogCaptureFixture) -> None:
-    if registry.username is None:
-        pytest.skip("this registry needs no credentials")
+    registry = auth_registry
     caplog.set_level(logging.DEBUG)
     ref = Reference.parse(f"{registry.host}/test/app:v1")
     wrong = "WrongPassword-xyz"
@@ -131,9 +150,8 @@ def test_wrong_credentials_fail_cleanly(registry: support.RunningRegistry,
     assert encoded not in caplog.text
 
 
-def test_token_server_saw_oauth_post(registry: support.RunningRegistry) -> None:
-    if not registry.helpers:  # only token registries run a token server beside them
-        pytest.skip("not a token registry")
+def test_token_server_saw_oauth_post(token_registry: support.RunningRegistry) -> None:
+    registry = token_registry
     ref = Reference.parse(f"{registry.host}/test/tok:v1")
     creds = CredentialStore(default=Credentials(str(registry.username), str(registry.password)))
 
@@ -147,9 +165,8 @@ def test_token_server_saw_oauth_post(registry: support.RunningRegistry) -> None:
     assert "POST password" in support.token_requests(registry)[before:]
 
 
-def test_tls_needs_our_ca(registry: support.RunningRegistry) -> None:
-    if registry.ca_file is None:
-        pytest.skip("plain HTTP registry")
+def test_tls_needs_our_ca(tls_registry: support.RunningRegistry) -> None:
+    registry = tls_registry
     ref = Reference.parse(f"{registry.host}/test/app:v1")
 
     skip_dir = registry.workdir / "skip-verify.d"
