@@ -16,10 +16,7 @@ from stargz.registry import HostsConfig, Reference, RegistryClient, RetryPolicy
 from tests.support import registry as support
 from tests.support.faultproxy import Fault, FaultProxy
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not support.available(), reason="docker-registry not installed"),
-]
+pytestmark = pytest.mark.integration
 BLOB = hashlib.sha256(b"seed").digest() * 40_000  # 1.28 MB
 DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
 RETRY = RetryPolicy(max_retries=3, initial_backoff=0.01, max_backoff=0.05, timeout=0.5)

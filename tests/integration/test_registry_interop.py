@@ -7,7 +7,6 @@ import asyncio
 import gzip
 import io
 import json
-import shutil
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -19,11 +18,7 @@ from stargz.registry import HostsConfig, Reference, RegistryClient
 from stargz.registry.manifest import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, sha256_digest
 from tests.support import registry as support
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not support.available() or shutil.which("skopeo") is None,
-                       reason="docker-registry or skopeo not installed"),
-]
+pytestmark = pytest.mark.integration
 
 
 def layer_tar_gz() -> tuple[bytes, str]:
