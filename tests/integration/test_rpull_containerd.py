@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from stargz.estargz.writer import BuildOptions, build
+from stargz.snapshotter.remote import LABEL_TOC_DIGEST
 from tests.support.containerd import (  # noqa: F401 (fixtures are found by name)
     LAYER2_TEXT,
     MOTD,
@@ -148,8 +149,10 @@ def _put_blob(layout: Path, data: bytes) -> str:
     return digest
 
 
-def build_estargz_layout(layout: Path, tars: Sequence[Path | bytes], tag: str) -> str:
-    """An OCI layout whose layers are eStargz blobs built by our writer; returns oci:DIR:TAG."""
+def build_estargz_layout(layout: Path, tars: Sequence[Path | bytes], tag: str,
+                         wrong_toc: bool = False) -> str:
+    """An OCI layout whose layers are eStargz blobs built by our writer; returns oci:DIR:TAG.
+    ``wrong_toc`` puts a TOC digest in each layer's annotations that is not its TOC's."""
     layers, diff_ids = [], []
     for tar in tars:
         src = io.BytesIO(tar) if isinstance(tar, bytes) else tar.open("rb")
@@ -158,8 +161,11 @@ def build_estargz_layout(layout: Path, tars: Sequence[Path | bytes], tag: str) -
             result = build(src, blob, BuildOptions(chunk_size=1 << 20, level=6))
         digest = _put_blob(layout, blob.getvalue())
         assert digest == result.blob_digest
+        annotations = result.annotations()
+        if wrong_toc:
+            annotations[LABEL_TOC_DIGEST] = "sha256:" + hashlib.sha256(digest.encode()).hexdigest()
         layers.append({"mediaType": OCI_LAYER_GZIP, "digest": digest,
-                       "size": result.blob_size, "annotations": result.annotations()})
+                       "size": result.blob_size, "annotations": annotations})
         diff_ids.append(result.diff_id)
     config = json.dumps({
         "architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},

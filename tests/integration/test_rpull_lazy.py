@@ -9,17 +9,24 @@ from pathlib import Path
 
 import pytest
 
+from stargz.snapshotter.lazy import layer_dirname
 from tests.integration.test_rpull_containerd import (  # noqa: F401 (fixtures are found by name)
     BIG_SIZE,
     LAYER2_TEXT,
     MOTD,
     WORKLOAD,
     Stack,
+    _layer2_tar,
+    _layer_digests,
+    build_estargz_layout,
     estargz_image_fixture,
+    image_fixture,
+    push,
     registry_fixture,
     running_stack,
 )
 from tests.support.faultproxy import FaultProxy
+from tests.support.images import busybox_rootfs_tar
 
 pytestmark = pytest.mark.integration
 
@@ -86,3 +93,40 @@ def test_lazy_layers_come_back_after_a_restart(lazy_stack: Stack, proxy: FaultPr
     out = lazy_stack.containerd.ctr_retry(
         "run", "--rm", "--snapshotter", "stargz", image, "t-restart", *WORKLOAD)
     assert out == MOTD + LAYER2_TEXT
+
+
+@pytest.fixture(scope="module", name="wrong_toc_image")
+def wrong_toc_image_fixture(registry: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The eStargz image again, but its manifest names TOC digests the blobs do not have."""
+    layout = tmp_path_factory.mktemp("wrong-toc") / "oci"
+    source = build_estargz_layout(layout, [busybox_rootfs_tar(), _layer2_tar(big=False)], "v1",
+                                  wrong_toc=True)
+    return push(source, registry, "test/wrong-toc:v1")
+
+
+def test_a_wrong_toc_digest_is_never_mounted(lazy_stack: Stack, proxy: FaultProxy,
+                                             wrong_toc_image: str) -> None:
+    image = _via_proxy(wrong_toc_image, proxy)
+    assert "0 lazy, 2 downloaded" in lazy_stack.rpull(image).stdout
+    assert "TOC" in lazy_stack.snapshotter.log_text()  # why it fell back is logged
+    assert lazy_stack.run(image, "t-wrong-toc", *WORKLOAD) == MOTD + LAYER2_TEXT
+
+
+def test_a_plain_gzip_image_is_downloaded(lazy_stack: Stack, proxy: FaultProxy,
+                                          image: str) -> None:
+    plain = _via_proxy(image, proxy)
+    assert "0 lazy, 2 downloaded" in lazy_stack.rpull(plain).stdout
+    assert lazy_stack.run(plain, "t-plain", *WORKLOAD) == MOTD + LAYER2_TEXT
+
+
+def test_removing_the_image_releases_its_layers(lazy_stack: Stack, proxy: FaultProxy,
+                                                estargz_image: str) -> None:
+    image = _via_proxy(estargz_image, proxy)
+    lazy_stack.rpull(image)
+    mount = lazy_stack.work / "snap-root" / "fuse"
+    names = [layer_dirname(d) for d in _layer_digests(estargz_image)]
+    assert all((mount / name / "etc").is_dir() for name in names)
+    lazy_stack.containerd.ctr("images", "rm", "--sync", image)
+    assert not any((mount / name).exists() for name in names)
+    snapshots = lazy_stack.containerd.ctr("snapshots", "--snapshotter", "stargz", "ls").stdout
+    assert snapshots.splitlines()[1:] == []  # containerd's GC removed them, then we released
