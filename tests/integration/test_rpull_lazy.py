@@ -4,6 +4,7 @@ small part of the image."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from tests.integration.test_rpull_containerd import (  # noqa: F401 (fixtures ar
     running_stack,
 )
 from tests.support.faultproxy import FaultProxy
-from tests.support.images import busybox_rootfs_tar
+from tests.support.images import busybox_rootfs_tar, debian_python_rootfs_tar
 
 pytestmark = pytest.mark.integration
 
@@ -130,3 +131,24 @@ def test_removing_the_image_releases_its_layers(lazy_stack: Stack, proxy: FaultP
     assert not any((mount / name).exists() for name in names)
     snapshots = lazy_stack.containerd.ctr("snapshots", "--snapshotter", "stargz", "ls").stdout
     assert snapshots.splitlines()[1:] == []  # containerd's GC removed them, then we released
+
+
+@pytest.mark.slow
+def test_python_runs_after_fetching_a_fraction(lazy_stack: Stack, proxy: FaultProxy,
+                                               registry: str, tmp_path: Path) -> None:
+    """The debootstrap python3 rootfs as one eStargz layer (~70 MB): python3 starts lazily."""
+    layout = tmp_path / "python-oci"
+    source = build_estargz_layout(layout, [debian_python_rootfs_tar()], "v1")
+    image = _via_proxy(push(source, registry, "test/python-estargz:v1"), proxy)
+    blob_size = max(p.stat().st_size for p in (layout / "blobs" / "sha256").iterdir())
+    started = time.monotonic()
+    assert "1 lazy" in lazy_stack.rpull(image).stdout
+    pulled = time.monotonic()
+    out = lazy_stack.run(image, "t-python", "python3", "-c", 'print("hello")')
+    ran = time.monotonic()
+    assert out == "hello\n"
+    fetched = _blob_bytes(proxy)
+    print(f"python3 eStargz layer {blob_size} bytes: rpull {pulled - started:.2f} s, "
+          f"run {ran - pulled:.2f} s, registry served {fetched} blob bytes "
+          f"({100 * fetched / blob_size:.1f} %)")
+    assert fetched < blob_size // 2
