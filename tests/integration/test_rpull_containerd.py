@@ -150,10 +150,12 @@ def _put_blob(layout: Path, data: bytes) -> str:
 
 
 def build_estargz_layout(layout: Path, tars: Sequence[Path | bytes], tag: str,
-                         wrong_toc: bool = False) -> str:
+                         wrong_toc: bool = False, as_index: bool = False) -> str:
     """An OCI layout whose layers are eStargz blobs built by our writer; returns oci:DIR:TAG.
-    ``wrong_toc`` puts a TOC digest in each layer's annotations that is not its TOC's."""
-    layers, diff_ids = [], []
+    ``wrong_toc`` puts a TOC digest in each layer's annotations that is not its TOC's;
+    ``as_index`` tags an image index (an arm64 entry first, then amd64) instead."""
+    layers: list[dict[str, Any]] = []
+    diff_ids: list[str] = []
     for tar in tars:
         src = io.BytesIO(tar) if isinstance(tar, bytes) else tar.open("rb")
         blob = io.BytesIO()
@@ -167,8 +169,28 @@ def build_estargz_layout(layout: Path, tars: Sequence[Path | bytes], tag: str,
         layers.append({"mediaType": OCI_LAYER_GZIP, "digest": digest,
                        "size": result.blob_size, "annotations": annotations})
         diff_ids.append(result.diff_id)
+    manifests = {arch: _put_image_manifest(layout, arch, layers, diff_ids)
+                 for arch in ("arm64", "amd64")}
+    top = {"mediaType": "application/vnd.oci.image.manifest.v1+json", **manifests["amd64"]}
+    if as_index:  # an image index with another platform first, then ours
+        entries = [{"mediaType": "application/vnd.oci.image.manifest.v1+json", **manifests[arch],
+                    "platform": {"architecture": arch, "os": "linux"}}
+                   for arch in ("arm64", "amd64")]
+        nested = json.dumps({"schemaVersion": 2, "manifests": entries,
+                             "mediaType": "application/vnd.oci.image.index.v1+json"}).encode()
+        top = {"mediaType": "application/vnd.oci.image.index.v1+json",
+               "digest": _put_blob(layout, nested), "size": len(nested)}
+    index = {"schemaVersion": 2,
+             "manifests": [{**top, "annotations": {"org.opencontainers.image.ref.name": tag}}]}
+    (layout / "index.json").write_text(json.dumps(index))
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    return f"oci:{layout}:{tag}"
+
+
+def _put_image_manifest(layout: Path, arch: str, layers: list[dict[str, Any]],
+                        diff_ids: list[str]) -> dict[str, Any]:
     config = json.dumps({
-        "architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
+        "architecture": arch, "os": "linux", "config": {"Cmd": ["/bin/sh"]},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }).encode()
     manifest = json.dumps({
@@ -177,14 +199,7 @@ def build_estargz_layout(layout: Path, tars: Sequence[Path | bytes], tag: str,
                    "digest": _put_blob(layout, config), "size": len(config)},
         "layers": layers,
     }).encode()
-    index = {"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": _put_blob(layout, manifest), "size": len(manifest),
-        "annotations": {"org.opencontainers.image.ref.name": tag},
-    }]}
-    (layout / "index.json").write_text(json.dumps(index))
-    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    return f"oci:{layout}:{tag}"
+    return {"digest": _put_blob(layout, manifest), "size": len(manifest)}
 
 
 def push(source: str, registry: str, name: str) -> str:
@@ -268,6 +283,30 @@ def test_ctr_remote_rpull_works_with_our_snapshotter(remote_stack: Stack,
                                 tool="ctr-remote")
     assert len(remote_stack.remote_prepares()) == 2
     assert remote_stack.run(estargz_image, "t-ctr-remote", *WORKLOAD) == MOTD + LAYER2_TEXT
+
+
+def test_index_resolves_to_linux_amd64(remote_stack: Stack, registry: str,
+                                       tmp_path: Path) -> None:
+    source = build_estargz_layout(tmp_path / "oci", [busybox_rootfs_tar(), _layer2_tar(False)],
+                                  "v1", as_index=True)
+    image = f"{registry}/test/index:v1"
+    subprocess.run(["skopeo", "copy", "--quiet", "--all", "--dest-tls-verify=false", source,
+                    f"docker://{image}"], check=True)
+    index = _manifest(image)
+    amd64 = index["manifests"][1]["digest"]
+    result = remote_stack.rpull(image)
+    assert f": {amd64}" in result.stdout and "2 lazy" in result.stdout
+    # the image record points at the index, which keeps the chosen manifest alive
+    assert index_digest(image) in remote_stack.containerd.ctr("images", "ls").stdout
+    labels = remote_stack.content_labels(index_digest(image))
+    assert f"containerd.io/gc.ref.content.m.1={amd64}" in labels
+    assert remote_stack.run(image, "t-index", *WORKLOAD) == MOTD + LAYER2_TEXT
+
+
+def index_digest(ref: str) -> str:
+    out = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+                         check=True, capture_output=True).stdout
+    return "sha256:" + hashlib.sha256(out).hexdigest()
 
 
 def test_missing_image_is_one_error_line(plain_stack: Stack, registry: str) -> None:
