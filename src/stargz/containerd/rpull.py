@@ -77,7 +77,7 @@ async def rpull(ctd: Containerd, registry: RegistryClient, ref: Reference,
     result = PullResult(str(ref), image.target.digest, image.manifest.digest, chains)
     async with ctd.lease():
         await _store_metadata(ContentStore(ctd), image)
-        await _unpack(ctd, registry, ref, image, options.snapshotter, result)
+        await _Unpacker(ctd, registry, ref, image, options.snapshotter).unpack(result)
         await ContentStore(ctd).update_labels(
             image.config.digest, lbl.snapshot_gc_label(options.snapshotter, chains[-1]))
         target = descriptor(image.target.media_type, image.target.digest, len(image.target.raw))
@@ -128,55 +128,68 @@ async def _store_metadata(content: ContentStore, image: _Image) -> None:
             lbl.index_gc_label(image.index_position, image.manifest.digest))
 
 
-async def _unpack(ctd: Containerd, registry: RegistryClient, ref: Reference, image: _Image,
-                  snapshotter: str, result: PullResult) -> None:
-    snapshots = Snapshots(ctd, snapshotter)
-    layer_digests = [layer.digest for layer in image.layers]
-    parent = ""
-    for index, (layer, chain) in enumerate(zip(image.layers, result.chain_ids, strict=True)):
-        if await snapshots.exists(chain):
-            result.present_layers.append(layer.digest)
-        else:
-            labels = lbl.remote_labels(str(ref), chain, layer.digest, layer_digests[index:],
-                                       layer.annotations.get(LABEL_TOC_DIGEST))
-            key = f"extract-{secrets.token_hex(8)} {chain}"
-            try:
-                mounts = await snapshots.prepare(key, parent, labels)
-            except AlreadyExistsError:
-                if not await snapshots.exists(chain):
-                    raise RuntimeIntegrationError(
-                        f"snapshotter {snapshotter} said layer {layer.digest} exists "
-                        f"but has no snapshot {chain}") from None
-                log.info("layer %s mounted lazily as %s", layer.digest, chain)
+class _Unpacker:
+    """containerd's unpacker, remote-snapshot aware: one layer after the other, in order."""
+
+    def __init__(self, ctd: Containerd, registry: RegistryClient, ref: Reference,
+                 image: _Image, snapshotter: str) -> None:
+        self.ctd, self.registry, self.ref, self.image = ctd, registry, ref, image
+        self.snapshots = Snapshots(ctd, snapshotter)
+
+    async def unpack(self, result: PullResult) -> None:
+        parent = ""
+        for index, chain in enumerate(result.chain_ids):
+            layer = self.image.layers[index]
+            if await self.snapshots.exists(chain):
+                result.present_layers.append(layer.digest)
+            elif await self._prepare(index, chain, parent):
                 result.lazy_layers.append(layer.digest)
             else:
-                await _apply_layer(ctd, registry, ref, layer, image.diff_ids[index],
-                                   snapshots, key, mounts, chain)
                 result.fetched_layers.append(layer.digest)
-        parent = chain
+            parent = chain
 
+    async def _prepare(self, index: int, chain: str, parent: str) -> bool:
+        """Ask for the layer remotely: True if the snapshotter mounted it, False if we had to
+        download and apply it."""
+        layer = self.image.layers[index]
+        later = [later.digest for later in self.image.layers[index:]]
+        labels = lbl.remote_labels(str(self.ref), chain, layer.digest, later,
+                                   layer.annotations.get(LABEL_TOC_DIGEST))
+        key = f"extract-{secrets.token_hex(8)} {chain}"
+        try:
+            mounts = await self.snapshots.prepare(key, parent, labels)
+        except AlreadyExistsError:
+            if not await self.snapshots.exists(chain):
+                raise RuntimeIntegrationError(
+                    f"snapshotter {self.snapshots.snapshotter} said layer {layer.digest} "
+                    f"exists but has no snapshot {chain}") from None
+            log.info("layer %s mounted lazily as %s", layer.digest, chain)
+            return True
+        try:
+            await self._apply(layer, self.image.diff_ids[index], mounts)
+            await self.snapshots.commit(chain, key, {})
+        except AlreadyExistsError:  # a concurrent pull committed the same chain first
+            await self._discard(key)
+        except BaseException:
+            await self._discard(key)
+            raise
+        return False
 
-async def _apply_layer(ctd: Containerd, registry: RegistryClient, ref: Reference,
-                       layer: Descriptor, diff_id: str, snapshots: Snapshots, key: str,
-                       mounts: Any, chain: str) -> None:
-    """The fallback: download, apply onto the active snapshot, commit it as ``chain``."""
-    log.info("layer %s is not lazily available: downloading %d bytes", layer.digest, layer.size)
-    try:
-        await ContentStore(ctd).write(
-            layer.digest, layer.size, registry.stream_blob(ref.repo_only(), layer.digest),
-            {lbl.LABEL_UNCOMPRESSED: diff_id})
+    async def _apply(self, layer: Descriptor, diff_id: str, mounts: Any) -> None:
+        """The fallback: download into the content store, apply onto the active snapshot."""
+        log.info("layer %s is not lazily available: downloading %d bytes",
+                 layer.digest, layer.size)
+        body = self.registry.stream_blob(self.ref.repo_only(), layer.digest)
+        await ContentStore(self.ctd).write(layer.digest, layer.size, body,
+                                           {lbl.LABEL_UNCOMPRESSED: diff_id})
         layer_desc = descriptor(layer.media_type, layer.digest, layer.size, layer.annotations)
-        applied = await Differ(ctd).apply(layer_desc, mounts)
+        applied = await Differ(self.ctd).apply(layer_desc, mounts)
         if applied.digest != diff_id:
             raise VerificationError(f"layer {layer.digest} unpacked to {applied.digest}, "
                                     f"the config says {diff_id}")
+
+    async def _discard(self, key: str) -> None:
         try:
-            await snapshots.commit(chain, key, {})
-        except AlreadyExistsError:  # a concurrent pull committed it first
-            await snapshots.remove(key)
-    except BaseException:
-        try:
-            await snapshots.remove(key)
+            await self.snapshots.remove(key)
         except StargzError as err:
             log.warning("could not remove snapshot %s: %s", key, err)
-        raise
