@@ -4,12 +4,14 @@ small part of the image."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from stargz.fs.tree import STATE_DIR
 from stargz.snapshotter.lazy import layer_dirname
 from tests.integration.test_rpull_containerd import (  # noqa: F401 (fixtures are found by name)
     BIG_SIZE,
@@ -72,9 +74,12 @@ def test_lazy_rpull_runs_after_fetching_little(lazy_stack: Stack, proxy: FaultPr
     print(f"lazy rpull: {after_pull} blob bytes at pull, {fetched} after the run "
           f"(image holds a {BIG_SIZE}-byte file the run never reads)")
     assert fetched < BIG_SIZE // 4
-    # the layers are FUSE directories inside the snapshotter's mount
-    mounts = Path("/proc/self/mountinfo").read_text()
-    assert str(lazy_stack.work / "snap-root" / "fuse") in mounts
+    # the layers are FUSE directories inside the snapshotter's mount, each reporting progress
+    mount = lazy_stack.work / "snap-root" / "fuse"
+    assert str(mount) in Path("/proc/self/mountinfo").read_text()
+    top = _layer_digests(estargz_image)[-1]
+    state = json.loads((mount / layer_dirname(top) / STATE_DIR / f"{top}.json").read_text())
+    assert state["digest"] == top and 0 < state["fetchedSize"] < state["size"] // 4
 
 
 def test_ctr_remote_rpull_with_lazy_layers(lazy_stack: Stack, proxy: FaultProxy,
