@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from stargz.cli import blob, convert, inspect, rpull
+from stargz.cli import blob, convert, inspect, mount, rpull
 from stargz.errors import StargzError
 
 PROG = "stargz"
@@ -29,6 +29,7 @@ GROUPS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], No
     blob.register,
     convert.register,
     inspect.register,
+    mount.register,
     rpull.register,
 )
 

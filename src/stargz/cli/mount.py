@@ -1,0 +1,183 @@
+"""`stargz mount IMAGE MOUNTPOINT` and `stargz umount MOUNTPOINT`.
+
+``mount`` forks a daemon that serves the image and returns once the mount is usable (the daemon
+reports over a pipe: ``ready`` or the one-line error that stopped it); ``--foreground`` serves
+from this process instead. The daemon logs to ``<state dir>/daemon.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from stargz.cli.registry_opts import add_registry_options, registry_client
+from stargz.config import Config, load_config
+from stargz.errors import InvalidArgumentError, RuntimeIntegrationError, StargzError
+from stargz.imagemount.daemon import MountRequest, serve_image
+from stargz.imagemount.layers import OpenLayer
+from stargz.imagemount.state import DEFAULT_STATE_ROOT, MountState, cleanup, stop_daemon
+from stargz.registry.manifest import Platform
+from stargz.registry.reference import Reference
+
+if TYPE_CHECKING:
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+READY = b"ready\n"
+
+
+def register(commands: Subparsers) -> None:
+    cmd = commands.add_parser(
+        "mount", help="mount an image's root filesystem, pulling eStargz layers lazily",
+        description="Mount IMAGE on MOUNTPOINT: eStargz layers are served lazily over FUSE "
+                    "(fetched on demand, verified, cached), other layers are downloaded in "
+                    "full; overlayfs stacks them. Returns once the mount is usable; a daemon "
+                    "keeps serving it until `stargz umount MOUNTPOINT`.")
+    cmd.add_argument("image", metavar="IMAGE", help="image reference, e.g. host:5000/repo:tag")
+    cmd.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
+    cmd.add_argument("--rw", action="store_true",
+                     help="writable mount (changes go to an upper dir removed at umount)")
+    cmd.add_argument("--foreground", action="store_true",
+                     help="serve from this process until interrupted")
+    cmd.add_argument("--config", type=Path, metavar="FILE",
+                     help="TOML file: prefetch, background fetch, [blob] and [cache] settings")
+    cmd.add_argument("--cache-dir", metavar="DIR",
+                     help="on-disk chunk cache (overrides the config's [cache] directory)")
+    cmd.add_argument("--no-background-fetch", action="store_true",
+                     help="fetch only what is read (and prefetched)")
+    cmd.add_argument("--platform", type=_platform, help="platform to pick from an index")
+    cmd.add_argument("--metrics-address", metavar="HOST:PORT",
+                     help="serve Prometheus metrics here")
+    _add_state_root(cmd)
+    add_registry_options(cmd)
+    cmd.set_defaults(handler=run_mount)
+
+    umount = commands.add_parser(
+        "umount", help="unmount an image mounted by `stargz mount`",
+        description="Stop the daemon serving MOUNTPOINT and unmount it; also cleans up the "
+                    "mounts a killed daemon left behind.")
+    umount.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
+    _add_state_root(umount)
+    umount.set_defaults(handler=run_umount)
+
+
+def _add_state_root(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_ROOT, metavar="DIR",
+                     help="where mount daemons keep their state (default %(default)s)")
+
+
+def _platform(text: str) -> Platform:
+    try:
+        return Platform.parse(text)
+    except InvalidArgumentError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _layer_config(args: argparse.Namespace) -> Config:
+    config = load_config(args.config) if args.config else Config()
+    if args.cache_dir:
+        config = replace(config, cache=replace(config.cache, directory=args.cache_dir))
+    if args.no_background_fetch:
+        config = replace(config, no_background_fetch=True)
+    return config
+
+
+def _request(args: argparse.Namespace) -> MountRequest:
+    return MountRequest(
+        image=Reference.parse(args.image),
+        state=MountState.of(args.mountpoint, args.state_dir),
+        writable=args.rw,
+        config=_layer_config(args),
+        platform=args.platform,
+        metrics_address=args.metrics_address,
+    )
+
+
+def run_mount(args: argparse.Namespace) -> int:
+    request = _request(args)  # bad arguments and config fail here, before any fork
+    if args.foreground:
+        asyncio.run(_serve(args, request, lambda layers: _print_ready(request, layers)))
+        return 0
+    read_end, write_end = os.pipe()
+    if os.fork() == 0:
+        os.close(read_end)
+        os._exit(_daemon(args, request, write_end))
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read()
+    if answer == READY:
+        print(f"{request.image} mounted on {request.state.mountpoint}")
+        return 0
+    message = answer.decode(errors="replace").strip()
+    raise RuntimeIntegrationError(message or "the mount daemon exited before the mount was "
+                                  f"ready (log: {request.state.log_file})")
+
+
+def _print_ready(request: MountRequest, layers: list[OpenLayer]) -> None:
+    lazy = sum(1 for layer in layers if layer.lazy)
+    print(f"{request.image} mounted on {request.state.mountpoint} ({lazy} of {len(layers)} "
+          "layers lazy); serving until interrupted", flush=True)
+
+
+async def _serve(args: argparse.Namespace, request: MountRequest,
+                 on_ready: OnReady) -> None:
+    async with registry_client(args, [request.image]) as registry:
+        await serve_image(request, registry, on_ready)
+
+
+def _daemon(args: argparse.Namespace, request: MountRequest, pipe: int) -> int:
+    """The forked daemon: its own session; stdio goes to its log once the mount is ready (so
+    that whoever ran `stargz mount` is not held by our copies of its stdout and stderr)."""
+    os.setsid()
+    reported = False
+
+    def ready(_layers: list[OpenLayer]) -> None:
+        nonlocal reported
+        _detach_stdio(request.state.log_file)
+        os.write(pipe, READY)
+        os.close(pipe)
+        reported = True
+
+    try:
+        asyncio.run(_serve(args, request, ready))
+        return 0
+    except (StargzError, OSError) as err:
+        if not reported:
+            os.write(pipe, f"{' '.join(str(err).split())}\n".encode())
+        print(f"stargz: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _detach_stdio(log_file: Path) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    log = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(devnull, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(devnull)
+    os.close(log)
+
+
+def run_umount(args: argparse.Namespace) -> int:
+    state = MountState.of(args.mountpoint, args.state_dir)
+    stopped = stop_daemon(state)
+    cleaned = cleanup(state)
+    if not (stopped or cleaned):
+        raise InvalidArgumentError(f"{state.mountpoint} is not mounted by stargz")
+    if not stopped:
+        print(f"{state.mountpoint}: cleaned up after a daemon that is gone", file=sys.stderr)
+    return 0
+
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    OnReady = Callable[[list[OpenLayer]], None]
