@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import socket
 import ssl
@@ -193,3 +194,17 @@ def token_requests(registry: RunningRegistry) -> list[str]:
     """What the token server was asked, one line per request ("POST password", "GET basic"...)."""
     path = registry.workdir / "token-requests.log"
     return path.read_text().splitlines() if path.exists() else []
+
+
+_ACCESS_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3}) '
+                          r'(?P<bytes>\d+|-)')
+
+
+def blob_bytes_served(registry: RunningRegistry) -> int:
+    """Body bytes the registry sent for blob GETs so far, from its access log."""
+    log = registry.workdir / "registry.out"
+    total = 0
+    for match in _ACCESS_LINE.finditer(log.read_text(errors="replace")):
+        if match["method"] == "GET" and "/blobs/" in match["path"] and match["bytes"] != "-":
+            total += int(match["bytes"])
+    return total
