@@ -104,7 +104,10 @@ def running_stack(work: Path, extracting: bool, extra_args: Sequence[str] = ()
 
 @pytest.fixture(name="plain_stack")
 def plain_stack_fixture(tmp_path: Path) -> Iterator[Stack]:
-    with running_stack(tmp_path, extracting=False) as stack:
+    """Our snapshotter with lazy layers switched off: every layer is downloaded."""
+    config = tmp_path / "snapshotter.toml"
+    config.write_text("[lazy]\nenabled = false\n")
+    with running_stack(tmp_path, extracting=False, extra_args=["--config", str(config)]) as stack:
         yield stack
 
 

@@ -61,8 +61,12 @@ def test_bad_settings_are_config_errors(table: dict[str, object], message: str) 
 def test_load_lazy_reads_the_lazy_table(tmp_path: Path) -> None:
     config = tmp_path / "s.toml"
     config.write_text('[snapshotter]\nroot = "/x"\n')
+    for defaults in (load_lazy(config, ROOT), load_lazy(None, ROOT)):  # on unless switched off
+        assert isinstance(defaults, LazyLayers)
+        assert defaults.settings.mountpoint == ROOT / "fuse"
+        assert defaults.settings.plain_http_localhost
+    config.write_text("[lazy]\nenabled = false\n")
     assert load_lazy(config, ROOT) is None
-    assert load_lazy(None, ROOT) is None
     config.write_text('[lazy]\nmountpoint = "/mnt/lazy"\n')
     lazy = load_lazy(config, ROOT)
     assert isinstance(lazy, LazyLayers) and lazy.settings.mountpoint == Path("/mnt/lazy")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from stargz.errors import ConfigError
-from stargz.registry.hosts import HostsConfig
+from stargz.registry.hosts import HostsConfig, is_localhost
 
 
 def write_hosts(root: Path, host: str, text: str) -> Path:
@@ -91,3 +91,15 @@ def test_missing_ca_file_is_config_error(tmp_path: Path) -> None:
     [origin] = HostsConfig.create(tmp_path).endpoints("r.example")
     with pytest.raises(ConfigError):
         origin.ssl_context()
+
+
+@pytest.mark.parametrize(("registry", "local"), [
+    ("localhost", True), ("localhost:5000", True), ("127.0.0.1:5000", True),
+    ("127.1.2.3", True), ("[::1]:5000", True), ("registry.example:5000", False),
+    ("10.0.0.1:5000", False), ("localhost.example", False),
+])
+def test_plain_http_for_localhost_only_when_asked(registry: str, local: bool) -> None:
+    assert is_localhost(registry) is local
+    origin = HostsConfig.create(plain_http_localhost=True).endpoints(registry)[-1]
+    assert origin.scheme == ("http" if local else "https")
+    assert HostsConfig.create().endpoints(registry)[-1].scheme == "https"

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from stargz.cli import blob, convert, inspect, mount, rpull
+from stargz.cli import blob, convert, inspect, mount, rpull, snapshotter
 from stargz.errors import StargzError
 
 PROG = "stargz"
@@ -31,6 +31,7 @@ GROUPS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], No
     inspect.register,
     mount.register,
     rpull.register,
+    snapshotter.register,
 )
 
 

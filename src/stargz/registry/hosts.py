@@ -75,12 +75,16 @@ class HostsConfig:
 
     config_dir: Path | None = None
     insecure_hosts: frozenset[str] = field(default_factory=frozenset)
+    # As containerd's MatchLocalhost: a registry on this machine is spoken to in plain HTTP.
+    plain_http_localhost: bool = False
     _cache: dict[str, list[Endpoint]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def create(cls, config_dir: Path | str | None = None,
-               insecure_hosts: Iterable[str] = ()) -> HostsConfig:
-        return cls(Path(config_dir) if config_dir else None, frozenset(insecure_hosts))
+               insecure_hosts: Iterable[str] = (),
+               plain_http_localhost: bool = False) -> HostsConfig:
+        return cls(Path(config_dir) if config_dir else None, frozenset(insecure_hosts),
+                   plain_http_localhost)
 
     def endpoints(self, registry: str, capability: str = "pull") -> list[Endpoint]:
         """Endpoints for ``registry`` that have ``capability``, mirrors first, origin last."""
@@ -89,7 +93,9 @@ class HostsConfig:
         return [ep for ep in self._cache[registry] if capability in ep.capabilities]
 
     def _load(self, registry: str) -> list[Endpoint]:
-        default_scheme = "http" if registry in self.insecure_hosts else "https"
+        plain = registry in self.insecure_hosts or (
+            self.plain_http_localhost and is_localhost(registry))
+        default_scheme = "http" if plain else "https"
         origin = Endpoint(default_scheme, registry_endpoint_host(registry), "/v2")
         path = self._hosts_file(registry)
         if path is None:
@@ -191,3 +197,10 @@ def _headers(settings: Mapping[str, Any], source: Path) -> tuple[tuple[str, str]
             raise ConfigError(f"{source}: header {key!r} must be a string or list of strings")
         pairs.extend((key, v) for v in values)
     return tuple(pairs)
+
+
+def is_localhost(registry: str) -> bool:
+    """``localhost``, ``127.x.y.z`` or ``[::1]``, with or without a port."""
+    host = registry.rsplit(":", 1)[0] if not registry.endswith("]") else registry
+    host = host.strip("[]")
+    return host == "localhost" or host.startswith("127.") or host == "::1"

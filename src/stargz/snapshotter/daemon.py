@@ -149,14 +149,21 @@ def run(config: SnapshotterConfig, remote: RemoteLayers | None = None) -> None:
     asyncio.run(serve(config, remote))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="stargz snapshotter", description="containerd remote snapshotter for eStargz"
-    )
-    parser.add_argument("--config", type=Path, help="TOML file with a [snapshotter] table")
+DESCRIPTION = "containerd remote snapshotter for eStargz (a proxy plugin on a unix socket)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The daemon's flags; shared by ``python -m stargz.snapshotter.daemon`` and the CLI."""
+    parser.add_argument("--config", type=Path,
+                        help="TOML file with [snapshotter] and [lazy] tables")
     parser.add_argument("--address", type=Path, help=f"unix socket (default {DEFAULT_ADDRESS})")
     parser.add_argument("--root", type=Path, help=f"state directory (default {DEFAULT_ROOT})")
     parser.add_argument("--log-level", help="debug, info, warning or error")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stargz snapshotter", description=DESCRIPTION)
+    add_arguments(parser)
     return parser
 
 
@@ -173,7 +180,11 @@ def config_from_args(args: argparse.Namespace) -> SnapshotterConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run_from_args(build_parser().parse_args(argv))
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM/SIGINT; 0 on a clean stop, 2 for a bad config, 1 otherwise."""
     try:
         config = config_from_args(args)
         logging.basicConfig(

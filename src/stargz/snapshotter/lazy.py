@@ -32,7 +32,7 @@ from stargz.registry.client import RegistryClient
 from stargz.registry.credentials import CredentialStore
 from stargz.registry.hosts import HostsConfig
 from stargz.registry.reference import Reference
-from stargz.remote.fetcher import RegistryBlobFetcher
+from stargz.remote.fetcher import RegistryBlobFetcher, retry_policy
 from stargz.snapshotter.remote import (
     LABEL_CRI_IMAGE_LAYERS,
     LABEL_CRI_IMAGE_REF,
@@ -51,13 +51,16 @@ MOUNT_TIMEOUT_S = 10.0
 RESOLVE_CONCURRENCY = 2  # other layers opened at once in the background
 WORKER_STOP_S = 10.0
 T = TypeVar("T")
-_OWN_KEYS = frozenset({"enabled", "mountpoint", "plain_http", "hosts_dir"})
+_OWN_KEYS = frozenset(
+    {"enabled", "mountpoint", "plain_http", "plain_http_localhost", "hosts_dir"}
+)
 
 
 @dataclass(frozen=True)
 class LazySettings:
     mountpoint: Path
     plain_http: tuple[str, ...] = ()  # registry hosts spoken to over plain HTTP
+    plain_http_localhost: bool = True  # as the reference: registries on loopback are plain HTTP
     hosts_dir: Path | None = None  # containerd-style hosts.toml directory
     layer: Config = field(default_factory=Config)
 
@@ -74,10 +77,14 @@ def settings_from_table(table: Mapping[str, Any], root: Path, where: str) -> Laz
     plain_http = table.get("plain_http", [])
     if not isinstance(plain_http, list) or not all(isinstance(h, str) for h in plain_http):
         raise ConfigError(f"{where}: [lazy] plain_http must be a list of host[:port] strings")
+    plain_http_localhost = table.get("plain_http_localhost", True)
+    if not isinstance(plain_http_localhost, bool):
+        raise ConfigError(f"{where}: [lazy] plain_http_localhost must be true or false")
     layer = config_from_dict({k: v for k, v in table.items() if k not in _OWN_KEYS})
     return LazySettings(
         mountpoint=mountpoint,
         plain_http=tuple(plain_http),
+        plain_http_localhost=plain_http_localhost,
         hosts_dir=_abs_path(hosts_dir, "hosts_dir", where) if hosts_dir is not None else None,
         layer=layer,
     )
@@ -90,9 +97,11 @@ def _abs_path(value: object, key: str, where: str) -> Path:
 
 
 def load_lazy(path: Path | None, root: Path) -> LazyLayers | None:
-    """The lazy layers the config file's ``[lazy]`` table asks for; None without one."""
+    """The lazy layers the config file's ``[lazy]`` table asks for, with the defaults when
+    there is no file or no table (lazy pulling is what the daemon is for); None only when
+    ``[lazy] enabled = false``."""
     if path is None:
-        return None
+        return _lazy_layers({}, root, "defaults")
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)
@@ -100,12 +109,14 @@ def load_lazy(path: Path | None, root: Path) -> LazyLayers | None:
         raise ConfigError(f"can not read config {path}: {err.strerror}") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config {path} is not valid TOML: {err}") from None
-    table = data.get(LAZY_TABLE)
-    if table is None:
-        return None
+    table = data.get(LAZY_TABLE, {})
     if not isinstance(table, dict):
         raise ConfigError(f"config {path}: [lazy] must be a table")
-    settings = settings_from_table(table, root, str(path))
+    return _lazy_layers(table, root, str(path))
+
+
+def _lazy_layers(table: Mapping[str, Any], root: Path, where: str) -> LazyLayers | None:
+    settings = settings_from_table(table, root, where)
     return LazyLayers(settings) if settings is not None else None
 
 
@@ -193,8 +204,11 @@ class _LayerService:
 
     def __init__(self, settings: LazySettings) -> None:
         self.settings = settings
-        hosts = HostsConfig.create(settings.hosts_dir, insecure_hosts=settings.plain_http)
-        self.registry = RegistryClient(hosts, CredentialStore())
+        hosts = HostsConfig.create(settings.hosts_dir, insecure_hosts=settings.plain_http,
+                                   plain_http_localhost=settings.plain_http_localhost)
+        # Credentials as a user's: $STARGZ_USERNAME/$STARGZ_PASSWORD, then the Docker config.
+        self.registry = RegistryClient(hosts, CredentialStore.from_environment(),
+                                       retry=retry_policy(settings.layer.blob))
         self.cache = _make_cache(settings.layer)
         self.fs: LazyFS | None = None
         self._serving: asyncio.Task[None] | None = None
