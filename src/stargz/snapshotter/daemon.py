@@ -191,6 +191,8 @@ def run_from_args(args: argparse.Namespace) -> int:
             level=config.log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+        # `stargz snapshotter` has configured logging already (basicConfig did nothing then)
+        logging.getLogger().setLevel(config.log_level.upper())
         # grpc's and asyncio's own debug lines drown ours
         for noisy in ("grpc", "asyncio"):
             logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
