@@ -146,9 +146,10 @@ def _daemon(args: argparse.Namespace, request: MountRequest, pipe: int) -> int:
         asyncio.run(_serve(args, request, ready))
         return 0
     except (StargzError, OSError) as err:
-        if not reported:
+        if reported:  # stderr is the log by now
+            print(f"stargz: error: {err}", file=sys.stderr)
+        else:  # `stargz mount` prints it
             os.write(pipe, f"{' '.join(str(err).split())}\n".encode())
-        print(f"stargz: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
