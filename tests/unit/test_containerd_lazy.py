@@ -35,7 +35,9 @@ ROOT = Path("/var/lib/stargz-test")
 
 def test_settings_defaults_and_layer_knobs() -> None:
     settings = settings_from_table({}, ROOT, "t.toml")
-    assert settings == LazySettings(mountpoint=ROOT / "fuse")
+    assert settings is not None
+    assert settings.mountpoint == ROOT / "fuse" and settings.plain_http == ()
+    assert settings.layer.cache.directory == str(ROOT / "cache")
     settings = settings_from_table(
         {"mountpoint": "/mnt/x", "plain_http": ["127.0.0.1:5000"], "hosts_dir": "/etc/h",
          "no_background_fetch": True, "blob": {"chunk_size": 1000}}, ROOT, "t.toml")
@@ -65,6 +67,7 @@ def test_load_lazy_reads_the_lazy_table(tmp_path: Path) -> None:
         assert isinstance(defaults, LazyLayers)
         assert defaults.settings.mountpoint == ROOT / "fuse"
         assert defaults.settings.plain_http_localhost
+        assert defaults.settings.layer.cache.directory == str(ROOT / "cache")
     config.write_text("[lazy]\nenabled = false\n")
     assert load_lazy(config, ROOT) is None
     config.write_text('[lazy]\nmountpoint = "/mnt/lazy"\n')

@@ -16,17 +16,17 @@ import logging
 import threading
 import tomllib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from stargz.cache import DiskCache, MemoryCache, TieredCache
 from stargz.config import Config, config_from_dict
 from stargz.errors import ConfigError, InvalidArgumentError, StargzError
 from stargz.estargz.reader import UnverifiedBlob, open_blob
 from stargz.fs.mount import LazyFS
 from stargz.layer.layer import Layer
 from stargz.layer.opening import fetch_tail
+from stargz.layer.pool import make_cache
 from stargz.layer.stats import LayerStats
 from stargz.registry.client import RegistryClient
 from stargz.registry.credentials import CredentialStore
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 LAZY_TABLE = "lazy"
 MOUNT_DIR = "fuse"  # default mountpoint, inside the snapshotter's root
+CACHE_DIR = "cache"  # default chunk cache directory, inside the snapshotter's root
 MOUNT_TIMEOUT_S = 10.0
 RESOLVE_CONCURRENCY = 2  # other layers opened at once in the background
 WORKER_STOP_S = 10.0
@@ -81,6 +82,8 @@ def settings_from_table(table: Mapping[str, Any], root: Path, where: str) -> Laz
     if not isinstance(plain_http_localhost, bool):
         raise ConfigError(f"{where}: [lazy] plain_http_localhost must be true or false")
     layer = config_from_dict({k: v for k, v in table.items() if k not in _OWN_KEYS})
+    if not layer.cache.directory:  # chunks outlive a restart unless a directory is chosen
+        layer = replace(layer, cache=replace(layer.cache, directory=str(root / CACHE_DIR)))
     return LazySettings(
         mountpoint=mountpoint,
         plain_http=tuple(plain_http),
@@ -209,7 +212,7 @@ class _LayerService:
         # Credentials as a user's: $STARGZ_USERNAME/$STARGZ_PASSWORD, then the Docker config.
         self.registry = RegistryClient(hosts, CredentialStore.from_environment(),
                                        retry=retry_policy(settings.layer.blob))
-        self.cache = _make_cache(settings.layer)
+        self.cache = make_cache(settings.layer)
         self.fs: LazyFS | None = None
         self._serving: asyncio.Task[None] | None = None
         self._mount_lock = asyncio.Lock()
@@ -367,12 +370,3 @@ def layer_dirname(digest: str) -> str:
 
 def _failed(task: asyncio.Task[Any]) -> bool:
     return task.done() and (task.cancelled() or task.exception() is not None)
-
-
-def _make_cache(config: Config) -> TieredCache:
-    memory = MemoryCache(config.cache.memory_limit_bytes)
-    disk = None
-    if config.cache.directory:
-        disk = DiskCache(config.cache.directory, config.cache.disk_limit_bytes,
-                         config.cache.verify_on_read)
-    return TieredCache(memory, disk)
