@@ -134,16 +134,17 @@ def push(source: str, registry: str, name: str) -> str:
     return name
 
 
-def build_images(registry: str, work: Path, level: int = 6) -> dict[str, str]:
-    """Pushes ``test/estargz:v1`` and ``test/gzip:v1``; returns repository:tag by kind."""
+def build_images(registry: str, work: Path, level: int = 6, suffix: str = "") -> dict[str, str]:
+    """Pushes ``test/estargz<suffix>:v1`` and ``test/gzip<suffix>:v1``; returns repository:tag
+    by kind."""
     busybox = busybox_rootfs_tar().read_bytes()
     estargz = write_layout(work / "estargz", [estargz_layer(work / "estargz", busybox, level),
                                               estargz_layer(work / "estargz", layer2_tar())],
                            "v1")
     plain = write_layout(work / "gzip", [gzip_layer(work / "gzip", busybox),
                                          gzip_layer(work / "gzip", layer2_tar())], "v1")
-    return {"estargz": push(estargz, registry, "test/estargz:v1"),
-            "gzip": push(plain, registry, "test/gzip:v1")}
+    return {"estargz": push(estargz, registry, f"test/estargz{suffix}:v1"),
+            "gzip": push(plain, registry, f"test/gzip{suffix}:v1")}
 
 
 @pytest.fixture(scope="module", name="registry")

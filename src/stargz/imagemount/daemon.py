@@ -112,7 +112,7 @@ def _add_layers(fs: LazyFS, layers: list[OpenLayer]) -> list[Path]:
     is served once, at its topmost place."""
     lowerdirs: list[Path] = []
     for layer in reversed(layers):
-        path = fs.add_layer(layer.view, layer.dirname)
+        path = fs.add_layer(layer.served, layer.dirname)
         if path not in lowerdirs:
             lowerdirs.append(path)
     for layer in layers:

@@ -16,11 +16,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from stargz.errors import InvalidArgumentError
-from stargz.estargz.reader import open_blob
+from stargz.errors import InvalidArgumentError, StargzError
+from stargz.estargz.reader import VerifiedBlob, open_blob
 from stargz.estargz.source import FileSource
 from stargz.estargz.writer import TOC_DIGEST_ANNOTATION, BuildOptions, build
-from stargz.fs.view import BlobLayerView, LayerView
+from stargz.fs.view import BlobLayerView, LayerStatsView, LayerView
 from stargz.layer.pool import LayerPool
 from stargz.registry.manifest import Descriptor, Manifest
 from stargz.registry.reference import Reference
@@ -30,6 +30,33 @@ log = logging.getLogger(__name__)
 LOCAL_LEVEL = 1  # a local rebuild is read from disk: fast compression beats small files
 
 
+class LoggedReads:
+    """A layer view whose failed reads are logged with the layer, the file and the offset
+    (the kernel only hears EIO; the log says which bytes of what could not be served)."""
+
+    def __init__(self, view: LayerView) -> None:
+        self.view = view
+
+    @property
+    def digest(self) -> str:
+        return self.view.digest
+
+    @property
+    def blob(self) -> VerifiedBlob:
+        return self.view.blob
+
+    def stats(self) -> LayerStatsView:
+        return self.view.stats()
+
+    async def read(self, path: str, offset: int, size: int) -> bytes:
+        try:
+            return await self.view.read(path, offset, size)
+        except StargzError as err:
+            log.error("layer %s: read of %d bytes of %r at offset %d failed: %s",
+                      self.digest, size, path, offset, err)
+            raise
+
+
 @dataclass
 class OpenLayer:
     """One layer of the image as served: its directory name in the FUSE mount and its view."""
@@ -37,6 +64,10 @@ class OpenLayer:
     descriptor: Descriptor
     view: LayerView
     lazy: bool
+
+    @property
+    def served(self) -> LoggedReads:
+        return LoggedReads(self.view)
 
     @property
     def dirname(self) -> str:
