@@ -8,11 +8,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stargz.cli.registry_opts import add_registry_options, registry_client
 from stargz.containerd.client import DEFAULT_ADDRESS, DEFAULT_NAMESPACE, Containerd
 from stargz.containerd.rpull import DEFAULT_PLATFORM, DEFAULT_SNAPSHOTTER, PullOptions, rpull
 from stargz.errors import InvalidArgumentError
-from stargz.registry.client import RegistryClient
-from stargz.registry.hosts import HostsConfig
 from stargz.registry.manifest import Platform
 from stargz.registry.reference import Reference
 
@@ -26,10 +25,6 @@ def register(commands: Subparsers) -> None:
         description="Pull IMAGE into containerd the way `ctr-remote images rpull` does: the "
                     "snapshotter mounts eStargz layers lazily; other layers are downloaded.")
     cmd.add_argument("image", metavar="IMAGE", help="image reference, e.g. host:5000/repo:tag")
-    cmd.add_argument("--plain-http", action="store_true",
-                     help="talk to the image's registry over plain HTTP")
-    cmd.add_argument("--hosts-dir", type=Path, metavar="DIR",
-                     help="containerd-style hosts.toml directory (mirrors, TLS)")
     cmd.add_argument("--address", type=Path,
                      default=Path(os.environ.get("CONTAINERD_ADDRESS") or DEFAULT_ADDRESS),
                      help="containerd socket (default $CONTAINERD_ADDRESS or %(default)s)")
@@ -40,6 +35,7 @@ def register(commands: Subparsers) -> None:
                      help="containerd snapshotter to unpack into (default %(default)s)")
     cmd.add_argument("--platform", type=_platform, default=DEFAULT_PLATFORM,
                      help="platform to pick from an index (default %(default)s)")
+    add_registry_options(cmd)
     cmd.set_defaults(handler=run_rpull)
 
 
@@ -56,10 +52,9 @@ def run_rpull(args: argparse.Namespace) -> int:
 
 async def _rpull(args: argparse.Namespace) -> int:
     ref = Reference.parse(args.image)
-    insecure = [ref.registry] if args.plain_http else []
-    hosts = HostsConfig.create(args.hosts_dir, insecure_hosts=insecure)
     options = PullOptions(snapshotter=args.snapshotter, platform=args.platform)
-    async with RegistryClient(hosts) as registry, Containerd(args.address, args.namespace) as ctd:
+    async with registry_client(args, (ref,)) as registry, \
+            Containerd(args.address, args.namespace) as ctd:
         result = await rpull(ctd, registry, ref, options)
     print(f"{result.name}: {result.manifest_digest}")
     print(f"layers: {len(result.lazy_layers)} lazy, {len(result.fetched_layers)} downloaded, "

@@ -191,7 +191,12 @@ class VerifiedBlob:
             raise FormatError(
                 f"{chunk.path!r}: got {len(member)} compressed bytes, want {chunk.compressed_size}"
             )
-        data = decompress_prefix(self.compression, member, chunk.inner_offset + chunk.chunk_size)
+        try:
+            data = decompress_prefix(
+                self.compression, member, chunk.inner_offset + chunk.chunk_size
+            )
+        except FormatError as err:  # a damaged member: say which file and where
+            raise type(err)(f"{chunk.path!r} chunk at {chunk.chunk_offset}: {err}") from None
         data = data[chunk.inner_offset :]
         got = "sha256:" + hashlib.sha256(data).hexdigest()
         if got != chunk.digest:

@@ -16,7 +16,6 @@ from stargz.cache import ChunkCache
 from stargz.config import Config
 from stargz.errors import (
     CacheError,
-    ChunkDigestMismatch,
     InvalidArgumentError,
     NotFoundError,
     StargzError,
@@ -222,11 +221,8 @@ class Layer:
             member = slice_from(ranges, data, (chunk.compressed_offset, chunk.compressed_end))
             try:
                 plain = self._blob.decode_chunk(chunk, member)
-            except ChunkDigestMismatch as err:
-                results.append((chunk, ChunkDigestMismatch(f"layer {self._digest}: {err}")))
-                continue
-            except StargzError as err:
-                results.append((chunk, err))
+            except StargzError as err:  # tampered or damaged: never cached, never served
+                results.append((chunk, type(err)(f"layer {self._digest}: {err}")))
                 continue
             self._cache_put(chunk.digest, plain)
             results.append((chunk, plain))
