@@ -1,0 +1,182 @@
+"""One measured run of the lazy-pull benchmark: fresh daemons, pull, create, run, bytes served.
+
+Each run gets its own directory (containerd root and state, snapshotter root), its own
+containerd and snapshotter processes, and leaves nothing behind: the container and task are
+deleted, the daemons stopped by PID, leftover mounts detached, the directory removed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.containerd import Containerd, stop_process, wait_for_socket
+from tests.support.registry import RunningRegistry, blob_bytes_served
+
+REPO = Path(__file__).resolve().parents[1]
+STARGZ = str(Path(sys.executable).with_name("stargz"))
+STARGZD = Path(os.environ.get("STARGZD", "/tmp/peers/stargzd"))
+WORKLOAD = ("python3", "-c", 'print("hello")')
+EXPECTED_LINE = "hello"
+STEP_TIMEOUT_S = 600.0
+PHASES = ("pull", "create", "run")
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How one mode pulls: its snapshotter daemon (None: containerd's overlayfs) and client."""
+
+    name: str
+    snapshotter: str | None  # "ours" | "go" | None
+    pull_tool: str  # "ctr" | "ctr-remote" | "stargz"
+
+
+MODES = {
+    "full": Mode("full", None, "ctr"),
+    "ours": Mode("ours", "ours", "ctr-remote"),
+    "ours-rpull": Mode("ours-rpull", "ours", "stargz"),
+    "go": Mode("go", "go", "ctr-remote"),
+}
+
+
+@dataclass
+class RunResult:
+    mode: str
+    seconds: dict[str, float] = field(default_factory=dict)  # phase -> wall seconds
+    fetched: dict[str, int] = field(default_factory=dict)  # phase -> blob bytes served by its end
+
+
+def start_snapshotter(kind: str, work: Path, config: Path | None) -> subprocess.Popen[bytes]:
+    """Our daemon (info logging: debug lines per FUSE read would slow it) or the Go stargzd."""
+    sock, root, log = work / "snap.sock", work / "snap-root", work / "snap.log"
+    if kind == "ours":
+        argv = [sys.executable, "-m", "stargz.snapshotter.daemon", "--address", str(sock),
+                "--root", str(root), "--log-level", "info"]
+    else:
+        argv = [str(STARGZD), "-address", str(sock), "-root", str(root), "-log-level", "info"]
+    if config is not None:
+        argv += ["--config" if kind == "ours" else "-config", str(config)]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        wait_for_socket(sock, proc, f"{kind} snapshotter")
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc
+
+
+def _checked(argv: Sequence[str], env: dict[str, str]) -> str:
+    result = subprocess.run(list(argv), env=env, capture_output=True, text=True,
+                            timeout=STEP_TIMEOUT_S)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {result.returncode}:\n"
+                           f"{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    return result.stdout
+
+
+def _timed(action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def _start_task_until_output(container: str, env: dict[str, str]) -> None:
+    """`ctr task start` (attached): done when the workload's line appears, then reaped."""
+    proc = subprocess.Popen(["ctr", "task", "start", container], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    seen = [line.strip() for line in iter(proc.stdout.readline, "")
+            if line.strip() == EXPECTED_LINE]
+    _, err = proc.communicate(timeout=STEP_TIMEOUT_S)
+    if not seen or proc.returncode != 0:
+        raise RuntimeError(f"ctr task start {container}: exit {proc.returncode}, "
+                           f"no {EXPECTED_LINE!r} line: {err[-2000:]}")
+
+
+def pull_argv(mode: Mode, image: str) -> list[str]:
+    if mode.pull_tool == "ctr":
+        return ["ctr", "images", "pull", "--plain-http", image]
+    if mode.pull_tool == "ctr-remote":
+        return ["ctr-remote", "images", "rpull", "--plain-http", image]
+    return [STARGZ, "rpull", "--plain-http", image]
+
+
+def _phases(mode: Mode, image: str, env: dict[str, str], registry: RunningRegistry,
+            result: RunResult) -> None:
+    """The three measured phases, as the reference's HelloBench splits them."""
+    base = blob_bytes_served(registry)
+    container = "bench-hello"
+    create = ["ctr", "containers", "create"]
+    if mode.snapshotter is not None:
+        create += ["--snapshotter", "stargz"]
+    create += [image, container, "--", *WORKLOAD]  # else ctr takes -c for its --config
+    steps: dict[str, Callable[[], object]] = {
+        "pull": lambda: _checked(pull_argv(mode, image), env),
+        "create": lambda: _checked(create, env),
+        "run": lambda: _start_task_until_output(container, env),
+    }
+    for phase in PHASES:
+        result.seconds[phase] = _timed(steps[phase])
+        result.fetched[phase] = blob_bytes_served(registry) - base
+
+
+def run_once(mode: Mode, image: str, registry: RunningRegistry, work: Path,
+             config: dict[str, Path | None]) -> RunResult:
+    """Fresh snapshotter and containerd under `work`, the three phases, then everything gone."""
+    work.mkdir(parents=True)
+    result = RunResult(mode.name)
+    snapshotter = None
+    ctd = Containerd(work / "containerd", work / "snap.sock")
+    try:
+        if mode.snapshotter is not None:  # first: containerd's gRPC backoff is slow to retry
+            snapshotter = start_snapshotter(mode.snapshotter, work, config[mode.snapshotter])
+        ctd.start()
+        _phases(mode, image, ctd.env(), registry, result)
+    except BaseException:
+        _tail_logs(work)
+        raise
+    finally:
+        if ctd.proc is not None:
+            _delete_container(ctd.env())
+        ctd.stop()
+        if snapshotter is not None:
+            stop_process(snapshotter)
+        detach_mounts_under(work)
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _delete_container(env: dict[str, str]) -> None:
+    """Task and container gone, so no shim outlives the run (kill: only if it still runs)."""
+    for argv in (["ctr", "task", "kill", "-s", "KILL", "bench-hello"],
+                 ["ctr", "task", "delete", "bench-hello"]):
+        subprocess.run(argv, env=env, capture_output=True, timeout=60, check=False)
+    subprocess.run(["ctr", "containers", "delete", "bench-hello"], env=env,
+                   capture_output=True, timeout=60, check=False)
+
+
+def _tail_logs(work: Path) -> None:
+    for log in (work / "snap.log", work / "containerd" / "containerd.log"):
+        if log.exists():
+            print(f"--- last lines of {log}:", file=sys.stderr)
+            print("\n".join(log.read_text(errors="replace").splitlines()[-30:]), file=sys.stderr)
+
+
+def mounts_under(path: Path) -> list[str]:
+    prefix = str(path.resolve()) + "/"
+    points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    return [p for p in points if p.startswith(prefix)]
+
+
+def detach_mounts_under(path: Path) -> None:
+    """Lazily unmount what a killed daemon may have left (deepest first), so rmtree is safe."""
+    for point in sorted(mounts_under(path), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
