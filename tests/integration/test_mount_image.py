@@ -362,3 +362,26 @@ def test_missing_image_is_one_error_and_leaves_nothing(registry: RunningRegistry
     assert done.stderr.startswith("stargz: error: ")
     assert not mounted(mnt)
     assert not mounts.state(mnt).exists()
+
+
+def test_foreground_serves_until_interrupted(registry: RunningRegistry, images: dict[str, str],
+                                            mounts: Mounts, tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    mounts.mountpoints.append(mnt)
+    with subprocess.Popen(
+            [sys.executable, "-m", "stargz.cli.main", "mount", "--foreground", "--plain-http",
+             "--state-dir", str(mounts.state_root), f"{registry.host}/{images['gzip']}",
+             str(mnt)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as daemon:
+        try:
+            assert daemon.stdout is not None
+            line = daemon.stdout.readline()  # printed once the mount is usable
+            assert f"mounted on {mnt} (0 of 2 layers lazy)" in line
+            assert (mnt / "etc/layer2").read_bytes() == LAYER2_TEXT
+            daemon.send_signal(signal.SIGINT)
+            assert daemon.wait(timeout=MOUNT_TIMEOUT_S) == 0
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+    assert not mounted(mnt)
+    assert not mounts.state(mnt).exists()
