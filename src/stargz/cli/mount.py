@@ -18,14 +18,18 @@ from typing import TYPE_CHECKING
 from stargz.cli.registry_opts import add_registry_options, registry_client
 from stargz.config import Config, load_config
 from stargz.errors import InvalidArgumentError, RuntimeIntegrationError, StargzError
-from stargz.imagemount.daemon import MountRequest, serve_image
-from stargz.imagemount.layers import OpenLayer
-from stargz.imagemount.state import DEFAULT_STATE_ROOT, MountState, cleanup, stop_daemon
+from stargz.imagemount import DEFAULT_STATE_ROOT
 from stargz.registry.manifest import Platform
 from stargz.registry.reference import Reference
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the daemon's modules load pyfuse3: only `mount` and `umount` import them
+    from collections.abc import Callable
+
+    from stargz.imagemount.daemon import MountRequest
+    from stargz.imagemount.layers import OpenLayer
+
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+    OnReady = Callable[[list[OpenLayer]], None]
 
 READY = b"ready\n"
 
@@ -87,6 +91,9 @@ def _layer_config(args: argparse.Namespace) -> Config:
 
 
 def _request(args: argparse.Namespace) -> MountRequest:
+    from stargz.imagemount.daemon import MountRequest
+    from stargz.imagemount.state import MountState
+
     return MountRequest(
         image=Reference.parse(args.image),
         state=MountState.of(args.mountpoint, args.state_dir),
@@ -125,6 +132,8 @@ def _print_ready(request: MountRequest, layers: list[OpenLayer]) -> None:
 
 async def _serve(args: argparse.Namespace, request: MountRequest,
                  on_ready: OnReady) -> None:
+    from stargz.imagemount.daemon import serve_image
+
     async with registry_client(args, [request.image]) as registry:
         await serve_image(request, registry, on_ready)
 
@@ -168,6 +177,8 @@ def _detach_stdio(log_file: Path) -> None:
 
 
 def run_umount(args: argparse.Namespace) -> int:
+    from stargz.imagemount.state import MountState, cleanup, stop_daemon
+
     state = MountState.of(args.mountpoint, args.state_dir)
     stopped = stop_daemon(state)
     cleaned = cleanup(state)
@@ -177,8 +188,3 @@ def run_umount(args: argparse.Namespace) -> int:
         print(f"{state.mountpoint}: cleaned up after a daemon that is gone", file=sys.stderr)
     return 0
 
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    OnReady = Callable[[list[OpenLayer]], None]

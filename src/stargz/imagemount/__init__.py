@@ -3,3 +3,7 @@
 ``daemon.serve_image`` is what `stargz mount` runs; ``state`` finds and removes the mounts of
 a mountpoint (also after a killed daemon); ``layers`` opens an image's layers.
 """
+
+from pathlib import Path
+
+DEFAULT_STATE_ROOT = Path("/run/stargz/mounts")  # here so the CLI can name it without pyfuse3

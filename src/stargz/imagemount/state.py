@@ -21,10 +21,10 @@ from pathlib import Path
 
 from stargz.errors import RuntimeIntegrationError
 from stargz.fs.mount import cleanup_stale, is_mounted, unmount
+from stargz.imagemount import DEFAULT_STATE_ROOT
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STATE_ROOT = Path("/run/stargz/mounts")
 STOP_TIMEOUT_S = 30.0
 
 
