@@ -129,7 +129,7 @@ def _phases(mode: Mode, image: str, env: dict[str, str], registry: RunningRegist
 
 
 def run_once(mode: Mode, image: str, registry: RunningRegistry, work: Path,
-             config: dict[str, Path | None]) -> RunResult:
+             config: dict[str, Path | None], keep_logs: Path | None = None) -> RunResult:
     """Fresh snapshotter and containerd under `work`, the three phases, then everything gone."""
     work.mkdir(parents=True)
     result = RunResult(mode.name)
@@ -150,6 +150,8 @@ def run_once(mode: Mode, image: str, registry: RunningRegistry, work: Path,
         if snapshotter is not None:
             stop_process(snapshotter)
         detach_mounts_under(work)
+        if keep_logs is not None:
+            _keep_logs(work, keep_logs / f"{work.name}-{mode.name}")
         shutil.rmtree(work, ignore_errors=True)
     return result
 
@@ -161,6 +163,13 @@ def _delete_container(env: dict[str, str]) -> None:
         subprocess.run(argv, env=env, capture_output=True, timeout=60, check=False)
     subprocess.run(["ctr", "containers", "delete", "bench-hello"], env=env,
                    capture_output=True, timeout=60, check=False)
+
+
+def _keep_logs(work: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for log in (work / "snap.log", work / "containerd" / "containerd.log"):
+        if log.exists():
+            shutil.copy(log, dest / log.name)
 
 
 def _tail_logs(work: Path) -> None:
