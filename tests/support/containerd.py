@@ -31,6 +31,7 @@ import pytest
 
 from stargz.snapshotter.remote import LABEL_STARGZ_DIGEST, LABEL_STARGZ_REFERENCE
 from tests.support.images import busybox_rootfs_tar, extract_tar, make_oci_image
+from tests.support.registry import run_registry
 
 REPO = Path(__file__).resolve().parents[2]
 PROXY_NAME = "stargz"  # the proxy plugin name: ctr ... --snapshotter stargz
@@ -200,40 +201,11 @@ MOTD = "hello from the stargz busybox test image\n"  # /etc/motd of the busybox 
 LAYER2_TEXT = "second layer\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module", name="registry")
 def registry_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A local docker-registry on a free port; yields host:port."""
-    work = tmp_path_factory.mktemp("registry")
-    host = f"127.0.0.1:{_free_port()}"
-    config = work / "config.yml"
-    config.write_text(
-        "version: 0.1\n"
-        f"storage: {{filesystem: {{rootdirectory: {work / 'data'}}}, delete: {{enabled: true}}}}\n"
-        f"http: {{addr: {host}}}\n"
-    )
-    log = (work / "registry.log").open("wb")
-    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://{host}/v2/", timeout=1) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.1)
-        yield host
-    finally:
-        stop_process(proc)
-        log.close()
+    with run_registry(tmp_path_factory.mktemp("registry")) as registry:
+        yield registry.host
 
 
 @pytest.fixture(scope="module", name="image")
