@@ -51,16 +51,20 @@ class Config:
 _TABLES: dict[str, type[Any]] = {"blob": BlobConfig, "cache": CacheConfig}
 
 
-def load_config(path: str | Path) -> Config:
-    """Read a TOML file into a Config; any problem is one ConfigError."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file's tables; an unreadable or invalid file is one ConfigError."""
     try:
         with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+            return tomllib.load(handle)
     except OSError as err:
         raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config {path} is not valid TOML: {err}") from None
-    return config_from_dict(data)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a TOML file into a Config; any problem is one ConfigError."""
+    return config_from_dict(read_toml(path))
 
 
 def parse_config(text: str) -> Config:

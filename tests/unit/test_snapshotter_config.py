@@ -57,7 +57,7 @@ def test_bad_config_is_a_config_error(tmp_path: Path, text: str, message: str) -
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="can not read config"):
+    with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "absent.toml")
 
 

@@ -14,13 +14,13 @@ import os
 import signal
 import socket
 import sys
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
 
+from stargz.config import read_toml
 from stargz.errors import ConfigError, RuntimeIntegrationError, StargzError
 from stargz.snapshotter.api import snapshots_pb2_grpc
 from stargz.snapshotter.remote import RemoteLayers
@@ -47,14 +47,7 @@ def load_config(path: Path | None) -> SnapshotterConfig:
     Unknown keys are refused, so a typo does not silently leave a default in place."""
     if path is None:
         return SnapshotterConfig()
-    try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
-    except OSError as err:
-        raise ConfigError(f"can not read config {path}: {err.strerror}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"config {path} is not valid TOML: {err}") from None
-    table = data.get("snapshotter", {})
+    table = read_toml(path).get("snapshotter", {})
     if not isinstance(table, dict):
         raise ConfigError(f"config {path}: [snapshotter] must be a table")
     unknown = sorted(set(table) - {"address", "root", "log_level"})

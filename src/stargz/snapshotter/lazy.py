@@ -14,13 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import tomllib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from stargz.config import Config, config_from_dict
+from stargz.config import Config, config_from_dict, read_toml
 from stargz.errors import ConfigError, InvalidArgumentError, StargzError
 from stargz.estargz.reader import UnverifiedBlob, open_blob
 from stargz.fs.mount import LazyFS
@@ -105,14 +104,7 @@ def load_lazy(path: Path | None, root: Path) -> LazyLayers | None:
     ``[lazy] enabled = false``."""
     if path is None:
         return _lazy_layers({}, root, "defaults")
-    try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
-    except OSError as err:
-        raise ConfigError(f"can not read config {path}: {err.strerror}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"config {path} is not valid TOML: {err}") from None
-    table = data.get(LAZY_TABLE, {})
+    table = read_toml(path).get(LAZY_TABLE, {})
     if not isinstance(table, dict):
         raise ConfigError(f"config {path}: [lazy] must be a table")
     return _lazy_layers(table, root, str(path))
