@@ -8,22 +8,27 @@ from stargz.estargz.writer import (
     ZSTD_MANIFEST_CHECKSUM_ANNOTATION,
     ZSTD_MANIFEST_POSITION_ANNOTATION,
 )
+from stargz.registry.manifest import (
+    DOCKER_CONFIG,
+    DOCKER_LAYER_GZIP,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    IMAGE_MANIFESTS,
+    INDEXES,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER_GZIP,
+    OCI_LAYER_ZSTD,
+    OCI_MANIFEST,
+)
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+# Layer types the registry client has no need to name.
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
-
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+DOCKER_LIST = DOCKER_MANIFEST_LIST
 
-INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
-MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+INDEX_TYPES = INDEXES
+MANIFEST_TYPES = IMAGE_MANIFESTS
 # Layers we can convert; foreign (non-distributable) layers are left as they are.
 CONVERTIBLE_LAYERS = frozenset(
     {OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, DOCKER_LAYER_GZIP, DOCKER_LAYER}
@@ -61,3 +66,12 @@ def converted_index_type(source_type: str, *, oci: bool, zstd_chunked: bool) -> 
     if source_type == DOCKER_LIST and not (oci or zstd_chunked):
         return DOCKER_LIST
     return OCI_INDEX
+
+
+__all__ = [
+    "CONVERTIBLE_LAYERS", "DOCKER_CONFIG", "DOCKER_LAYER", "DOCKER_LAYER_GZIP", "DOCKER_LIST",
+    "DOCKER_MANIFEST", "ESTARGZ_ANNOTATIONS", "INDEX_TYPES", "MANIFEST_TYPES", "OCI_CONFIG",
+    "OCI_INDEX", "OCI_LAYER", "OCI_LAYER_GZIP", "OCI_LAYER_ZSTD", "OCI_MANIFEST",
+    "ZSTD_CHUNKED_ANNOTATIONS", "converted_config_type", "converted_index_type",
+    "converted_layer_type", "converted_manifest_type",
+]
