@@ -2,7 +2,9 @@
 
 Layers never change, so the kernel is told to cache everything for long: entries and attributes
 for an hour, file pages kept across opens. The mount root and the state files do change (layers
-come and go, fetch progress grows): those are never cached.
+come and go, fetch progress grows): those are never cached. For the same reason the replies for a
+layer's inodes (attributes, directory listings) are built once and kept on the node: the kernel
+can not cache readdir through pyfuse3 (opendir has no cache_readdir), so every walk asks again.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import errno
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import pyfuse3
+from prometheus_client import Counter
 
 from stargz.fs.errmap import errno_for
 from stargz.fs.metrics import FSMetrics
@@ -21,6 +24,7 @@ from stargz.fs.tree import Attr, FSCore, Node
 
 LONG_TIMEOUT = 3600.0  # seconds: layer contents are immutable
 T = TypeVar("T")
+Listing = list[tuple[bytes, pyfuse3.EntryAttributes]]  # readdir's (name, attributes), dots first
 
 
 class StargzOperations(pyfuse3.Operations):
@@ -34,6 +38,8 @@ class StargzOperations(pyfuse3.Operations):
         self.metrics = metrics
         self._handles: dict[int, Node] = {}
         self._next_fh = 1
+        # labels() costs a lock and a tuple lookup per call: keep each child counter
+        self._op_counters: dict[tuple[str, str], Counter] = {}
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -42,7 +48,10 @@ class StargzOperations(pyfuse3.Operations):
 
     async def _call(self, op: str, ino: int, fn: Callable[[], Awaitable[T]]) -> T:
         label = self._label(ino)
-        self.metrics.operations.labels(label, op).inc()
+        counter = self._op_counters.get((label, op))
+        if counter is None:
+            counter = self._op_counters[label, op] = self.metrics.operations.labels(label, op)
+        counter.inc()
         try:
             return await fn()
         except pyfuse3.FUSEError:
@@ -73,7 +82,22 @@ class StargzOperations(pyfuse3.Operations):
         return out
 
     def _attr_of(self, node: Node) -> pyfuse3.EntryAttributes:
-        return self._entry(self.core.getattr(node.ino), node)
+        if node.attr_reply is not None:
+            return cast(pyfuse3.EntryAttributes, node.attr_reply)
+        reply = self._entry(self.core.getattr(node.ino), node)
+        if node.immutable:
+            node.attr_reply = reply
+        return reply
+
+    def _listing_of(self, ino: int) -> Listing:
+        node = self.core.node(ino)
+        if node.listing_reply is not None:
+            return cast(Listing, node.listing_reply)
+        children = [(".", node), ("..", self.core.parent(ino)), *self.core.readdir(ino)]
+        listing = [(os.fsencode(name), self._attr_of(child)) for name, child in children]
+        if node.immutable:
+            node.listing_reply = listing
+        return listing
 
     # -- operations -----------------------------------------------------------------------
 
@@ -112,12 +136,10 @@ class StargzOperations(pyfuse3.Operations):
         self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
     ) -> None:
         async def run() -> None:
-            dots = [(".", self.core.node(fh)), ("..", self.core.parent(fh))]
-            children = dots + self.core.readdir(fh)
-            for index in range(start_id, len(children)):
-                name, node = children[index]
-                if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attr_of(node),
-                                             index + 1):
+            listing = self._listing_of(fh)
+            for index in range(start_id, len(listing)):
+                name, attr = listing[index]
+                if not pyfuse3.readdir_reply(token, name, attr, index + 1):
                     break
 
         await self._call("readdir", fh, run)

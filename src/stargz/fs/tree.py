@@ -71,12 +71,21 @@ class Attr:
         return (self.size + 511) // 512
 
 
-@dataclass
+@dataclass(eq=False)
 class Node:
     ino: int
     kind: NodeKind
     layer: LayerSlot | None = None
     entry: TOCEntry | None = None
+    # The FUSE adapter's replies for this inode (attributes, directory listing), built once:
+    # a layer's entries never change, and the cache goes when the node does.
+    attr_reply: object = field(default=None, repr=False)
+    listing_reply: object = field(default=None, repr=False)
+
+    @property
+    def immutable(self) -> bool:
+        """Whether what stat(2) and readdir show of this inode can never change."""
+        return self.kind in ("entry", "whiteout")
 
 
 @dataclass
