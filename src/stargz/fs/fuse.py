@@ -46,8 +46,20 @@ class StargzOperations(pyfuse3.Operations):
     def _label(self, ino: int) -> str:
         return self.core.layer_label(ino)
 
+    def _note_use(self, ino: int) -> str:
+        """The layer label of ``ino``; tells a lazy layer its contents are in use (its
+        background fetch steps aside), but not for the state files, which pollers read."""
+        node = self.core.find(ino)
+        if node is None or node.layer is None:
+            return ""
+        if node.immutable:
+            note = getattr(node.layer.view, "note_use", None)
+            if note is not None:
+                note()
+        return node.layer.view.digest
+
     async def _call(self, op: str, ino: int, fn: Callable[[], Awaitable[T]]) -> T:
-        label = self._label(ino)
+        label = self._note_use(ino)
         counter = self._op_counters.get((label, op))
         if counter is None:
             counter = self._op_counters[label, op] = self.metrics.operations.labels(label, op)

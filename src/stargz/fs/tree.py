@@ -172,6 +172,9 @@ class FSCore:
             raise OSError(errno.ENOENT, f"no inode {ino}")
         return found
 
+    def find(self, ino: int) -> Node | None:
+        return self._nodes.get(ino)
+
     def layer_label(self, ino: int) -> str:
         """The digest of the layer holding ``ino`` ("" for the mount root or a gone inode)."""
         node = self._nodes.get(ino)

@@ -48,6 +48,11 @@ class LoggedReads:
     def stats(self) -> LayerStatsView:
         return self.view.stats()
 
+    def note_use(self) -> None:
+        note = getattr(self.view, "note_use", None)  # lazy layers pause background fetch
+        if note is not None:
+            note()
+
     async def read(self, path: str, offset: int, size: int) -> bytes:
         try:
             return await self.view.read(path, offset, size)

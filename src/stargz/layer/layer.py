@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine, Iterable
 from typing import Any
 
@@ -30,6 +31,11 @@ from stargz.remote.inflight import InFlight
 from stargz.remote.regions import Range, merge_ranges, slice_from
 
 log = logging.getLogger(__name__)
+
+# The background fetch shares the event loop (and the GIL) with the filesystem: it steps aside
+# until the layer has gone this long without a filesystem request, so a stat walk or a program
+# start is not slowed by it.
+QUIET_BEFORE_BACKGROUND_S = 0.1
 
 
 class Layer:
@@ -56,6 +62,7 @@ class Layer:
         self._reads_in_flight = 0
         self.idle = asyncio.Event()  # set while no on-demand read runs; background waits on it
         self.idle.set()
+        self._last_use = 0.0  # time.monotonic() of the last filesystem request (note_use)
         self.all_chunks = _chunks_in_blob_order(blob)
         self._by_member: dict[int, list[Chunk]] = {}  # only members holding several chunks
         for chunk in self.all_chunks:
@@ -121,6 +128,17 @@ class Layer:
             for c in wanted
         ]
         return b"".join(parts)
+
+    def note_use(self) -> None:
+        """The filesystem served a request of this layer: the background fetch waits."""
+        self._last_use = time.monotonic()
+
+    async def _wait_quiet(self) -> None:
+        """Until no on-demand read runs and the filesystem has been quiet for a moment."""
+        await self.idle.wait()
+        while (left := self._last_use + QUIET_BEFORE_BACKGROUND_S - time.monotonic()) > 0:
+            await asyncio.sleep(left)
+            await self.idle.wait()
 
     async def load(self, chunks: Iterable[Chunk], kind: FetchKind) -> dict[str, bytes]:
         """Verified bytes of ``chunks`` by digest: from a fetch already running, the caches,
@@ -312,7 +330,7 @@ class Layer:
             while groups and not (kind == "background" and self._background_off):
                 group = groups.pop(0)
                 if kind == "background":
-                    await self.idle.wait()  # on-demand reads first
+                    await self._wait_quiet()  # on-demand reads and metadata first
                 try:
                     await self.load(group, kind)
                 except StargzError as err:
