@@ -11,15 +11,13 @@ from typing import TYPE_CHECKING
 
 from stargz.cli.blob import non_negative_int, positive_int, prioritized_paths
 from stargz.cli.registry_opts import add_registry_options, registry_client
-from stargz.convert.converter import Converter, ConvertOptions, ConvertResult
-from stargz.convert.progress import make_progress
-from stargz.convert.store import ImageStore, LayoutStore, RegistryStore
-from stargz.registry.client import RegistryClient
-from stargz.registry.layout import OCILayout
 from stargz.registry.reference import Reference
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the converter loads only when a conversion runs: every command starts faster
     from stargz.cli.blob import Subparsers
+    from stargz.convert.converter import ConvertOptions, ConvertResult
+    from stargz.convert.store import ImageStore
+    from stargz.registry.client import RegistryClient
 
 
 
@@ -58,6 +56,8 @@ def register(commands: Subparsers) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from stargz.convert.converter import ConvertOptions
+
     source, dest = Reference.parse(args.source), Reference.parse(args.dest)
     options = ConvertOptions(
         zstd_chunked=args.zstd_chunked,
@@ -85,6 +85,9 @@ def run_convert(args: argparse.Namespace) -> int:
 async def _convert(
     args: argparse.Namespace, source: Reference, dest: Reference, options: ConvertOptions
 ) -> ConvertResult:
+    from stargz.convert.converter import Converter
+    from stargz.convert.progress import make_progress
+
     client = registry_client(args, (source, dest))
     progress = make_progress()
     try:
@@ -101,6 +104,9 @@ async def _convert(
 
 
 def _store(client: RegistryClient, ref: Reference, *, create: bool) -> ImageStore:
+    from stargz.convert.store import LayoutStore, RegistryStore
+    from stargz.registry.layout import OCILayout
+
     if ref.layout is not None:
         return LayoutStore(OCILayout.create(ref.layout) if create else OCILayout(ref.layout))
     return RegistryStore(client, ref)

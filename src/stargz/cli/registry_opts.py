@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from stargz.registry.client import RegistryClient
-from stargz.registry.credentials import CredentialStore
-from stargz.registry.hosts import HostsConfig
-from stargz.registry.reference import Reference
 from stargz.registry.retry import RetryPolicy
+
+if TYPE_CHECKING:  # the client loads only when a command talks to a registry
+    from stargz.registry.client import RegistryClient
+    from stargz.registry.reference import Reference
 
 
 def add_registry_options(cmd: argparse.ArgumentParser) -> None:
@@ -32,6 +33,10 @@ def add_registry_options(cmd: argparse.ArgumentParser) -> None:
 
 
 def registry_client(args: argparse.Namespace, refs: Iterable[Reference]) -> RegistryClient:
+    from stargz.registry.client import RegistryClient
+    from stargz.registry.credentials import CredentialStore
+    from stargz.registry.hosts import HostsConfig
+
     insecure = set(args.insecure_host)
     if args.plain_http:
         insecure.update(ref.registry for ref in refs if not ref.is_layout)
