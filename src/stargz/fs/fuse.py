@@ -117,7 +117,18 @@ class StargzOperations(pyfuse3.Operations):
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         async def run() -> pyfuse3.EntryAttributes:
-            return self._attr_of(self.core.lookup(parent_inode, os.fsdecode(name)))
+            try:
+                return self._attr_of(self.core.lookup(parent_inode, os.fsdecode(name)))
+            except OSError as err:
+                parent = self.core.find(parent_inode)
+                if err.errno != errno.ENOENT or parent is None or not parent.immutable:
+                    raise
+            # A name missing from a layer stays missing: inode 0 lets the kernel remember
+            # that (python's import probing asks for many such names, every start).
+            missing = pyfuse3.EntryAttributes()
+            missing.st_ino = pyfuse3.InodeT(0)
+            missing.entry_timeout = LONG_TIMEOUT
+            return missing
 
         return await self._call("lookup", parent_inode, run)
 
