@@ -15,9 +15,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar, cast
 
+import pyfuse3
 from prometheus_client import Counter
 
-from stargz.fs.binding import pyfuse3
 from stargz.fs.errmap import errno_for
 from stargz.fs.metrics import FSMetrics
 from stargz.fs.tree import Attr, FSCore, Node

@@ -18,8 +18,10 @@ import threading
 import time
 from pathlib import Path
 
+import pyfuse3
+import pyfuse3.asyncio
+
 from stargz.errors import RuntimeIntegrationError
-from stargz.fs.binding import pyfuse3
 from stargz.fs.fuse import StargzOperations
 from stargz.fs.metrics import FSMetrics
 from stargz.fs.tree import FSCore
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 
 READ_AHEAD_KB = 1024  # the kernel caps a FUSE read at 256 pages; -o max_read breaks libfuse 3.14
 MOUNT_OPTIONS = ("fsname=stargz", "subtype=stargz", "ro", "default_permissions", "allow_other")
+
+pyfuse3.asyncio.enable()
 
 
 class LazyFS:
