@@ -174,7 +174,7 @@ def test_remote_handshake_over_grpc(tmp_path: Path) -> None:
 
 def test_status_codes_for_the_exception_tree() -> None:
     from stargz import errors
-    from stargz.snapshotter.service import status_for
+    from stargz.grpc_status import status_for
 
     assert status_for(errors.NotFoundError("x")) is grpc.StatusCode.NOT_FOUND
     assert status_for(errors.AlreadyExistsError("x")) is grpc.StatusCode.ALREADY_EXISTS

@@ -19,13 +19,10 @@ import grpc
 
 from stargz.containerd.api import leases_pb2, leases_pb2_grpc
 from stargz.errors import (
-    AlreadyExistsError,
-    FailedPreconditionError,
-    InvalidArgumentError,
-    NotFoundError,
     RuntimeIntegrationError,
     StargzError,
 )
+from stargz.grpc_status import error_for
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +37,9 @@ MAX_MESSAGE = 64 << 20
 
 T = TypeVar("T")
 
-_STATUS_ERRORS: dict[Any, type[StargzError]] = {
-    grpc.StatusCode.NOT_FOUND: NotFoundError,
-    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
-}
-
-
 def map_rpc_error(err: grpc.aio.AioRpcError, what: str) -> StargzError:
     """One typed error for a failed call: the status code picks the class."""
-    cls = _STATUS_ERRORS.get(err.code(), RuntimeIntegrationError)
+    cls = error_for(err.code())
     detail = " ".join((err.details() or err.code().name).split())
     return cls(f"containerd {what}: {detail}")
 

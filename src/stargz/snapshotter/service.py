@@ -17,13 +17,9 @@ import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
 from stargz.errors import (
-    AlreadyExistsError,
-    FailedPreconditionError,
-    InvalidArgumentError,
-    NotFoundError,
-    RuntimeIntegrationError,
     StargzError,
 )
+from stargz.grpc_status import status_for
 from stargz.snapshotter.api import mount_pb2, snapshots_pb2, snapshots_pb2_grpc
 from stargz.snapshotter.layout import Mount
 from stargz.snapshotter.metastore import Info, Kind
@@ -33,26 +29,11 @@ log = logging.getLogger(__name__)
 
 LIST_BATCH = 100  # infos per streamed List message, as containerd's own service sends them
 
-_STATUS: tuple[tuple[type[StargzError], grpc.StatusCode], ...] = (
-    (NotFoundError, grpc.StatusCode.NOT_FOUND),
-    (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
-    (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
-    (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
-    (RuntimeIntegrationError, grpc.StatusCode.UNAVAILABLE),
-)
-
 _KIND_TO_PROTO = {
     Kind.VIEW: snapshots_pb2.VIEW,
     Kind.ACTIVE: snapshots_pb2.ACTIVE,
     Kind.COMMITTED: snapshots_pb2.COMMITTED,
 }
-
-
-def status_for(err: BaseException) -> grpc.StatusCode:
-    for error_type, code in _STATUS:
-        if isinstance(err, error_type):
-            return code
-    return grpc.StatusCode.UNKNOWN if isinstance(err, StargzError) else grpc.StatusCode.INTERNAL
 
 
 R = TypeVar("R")
