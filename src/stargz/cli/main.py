@@ -23,6 +23,11 @@ PROG = "stargz"
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+# Modules that need a system library and so come with an extra, not by default.
+OPTIONAL_MODULES = {
+    "pyfuse3": "FUSE support: pip install 'stargz[fuse]' "
+               "(builds against libfuse3: apt-get install fuse3 libfuse3-dev pkg-config)",
+}
 
 # Command groups, in the order `stargz --help` lists them. Later groups add themselves here.
 GROUPS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
@@ -91,9 +96,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _quiet_broken_pipe()
         _report(err, args.debug)
         return EXIT_ERROR
+    except ModuleNotFoundError as err:
+        if err.name not in OPTIONAL_MODULES:
+            raise
+        _report_missing(err.name, args.debug, err)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _report_missing(module: str, debug: bool, err: BaseException) -> None:
+    if debug:
+        traceback.print_exception(err, file=sys.stderr)
+    print(f"{PROG}: error: this command needs {module}, which is not installed; "
+          f"{OPTIONAL_MODULES[module]}", file=sys.stderr)
 
 
 def _quiet_broken_pipe() -> int:
