@@ -13,6 +13,7 @@ from stargz.errors import RangeError, StargzError, TransportError
 from stargz.registry.reference import Reference
 from stargz.registry.retry import RetryPolicy
 from stargz.remote.regions import Range
+from stargz.trace import span
 
 
 @runtime_checkable
@@ -59,7 +60,10 @@ class RegistryBlobFetcher:
         return self._size
 
     async def fetch(self, ranges: list[Range]) -> list[bytes]:
-        data = await self._client.read_blob_ranges(self._ref, self._digest, ranges)
+        with span("range_request", blob=self._digest, ranges=len(ranges),
+                  start=ranges[0][0] if ranges else None,
+                  bytes=sum(end - start for start, end in ranges)):
+            data = await self._client.read_blob_ranges(self._ref, self._digest, ranges)
         return check_answer(ranges, data)
 
 
