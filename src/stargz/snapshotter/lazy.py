@@ -41,6 +41,7 @@ from stargz.snapshotter.remote import (
     LABEL_STARGZ_REFERENCE,
     LABEL_TOC_DIGEST,
 )
+from stargz.trace import event, span
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,8 @@ class _LayerService:
             log.info("layer %s has no TOC digest label: it can not be verified, declining",
                      source.digest)
             return None
-        directory = await self._mount_layer(source)
+        with span("lazy_prepare", layer=source.digest):
+            directory = await self._mount_layer(source)
         self._resolve_others(source)
         return directory
 
@@ -266,12 +268,15 @@ class _LayerService:
 
     async def _mount_layer(self, source: LayerSource) -> str:
         layer = await self._open(source)
-        fs = await self._ensure_mounted()
+        with span("fuse_mount"):
+            fs = await self._ensure_mounted()
         name = layer_dirname(source.digest)
-        directory = fs.add_layer(layer, name)
+        with span("add_layer", layer=source.digest):
+            directory = fs.add_layer(layer, name)
         self._uses[name] = self._uses.get(name, 0) + 1
         self._digests[name] = source.digest
         layer.start()  # prefetch (landmark), then the background fetch unless configured off
+        event("mount_ready", layer=source.digest)
         log.info("layer %s mounted lazily at %s", source.digest, directory)
         return str(directory)
 
@@ -307,12 +312,15 @@ class _LayerService:
 
     async def _open_layer(self, source: LayerSource) -> Layer:
         assert source.toc_digest is not None
-        resolved = await self._resolve(source.repository, source.digest)
-        blob = await asyncio.to_thread(resolved.blob.verify, source.toc_digest)
+        with span("resolve_wait", layer=source.digest):  # shared with a background resolve
+            resolved = await self._resolve(source.repository, source.digest)
+        with span("verify", layer=source.digest):
+            blob = await asyncio.to_thread(resolved.blob.verify, source.toc_digest)
         log.info("opened layer %s (%d bytes) from %s", source.digest, resolved.fetcher.size,
                  source.repository)
-        return Layer(source.digest, blob, resolved.fetcher, self.cache, self.settings.layer,
-                     resolved.stats)
+        with span("index", layer=source.digest):
+            return Layer(source.digest, blob, resolved.fetcher, self.cache, self.settings.layer,
+                         resolved.stats)
 
     def _resolve(self, repository: Reference, digest: str) -> asyncio.Future[_Resolved]:
         """Footer and TOC of a blob, fetched once (verified later, by the layer's own Prepare:
@@ -324,11 +332,17 @@ class _LayerService:
         return asyncio.shield(task)
 
     async def _fetch_toc(self, repository: Reference, digest: str) -> _Resolved:
-        size = await self.registry.head_blob(repository, digest)
+        with span("head", layer=digest) as head:
+            size = await self.registry.head_blob(repository, digest)
+            head.set(size=size)
         fetcher = RegistryBlobFetcher(self.registry, repository, digest, size)
         stats = LayerStats(size=size)
-        tail = await fetch_tail(fetcher, self.settings.layer.blob.fetch_timeout_sec, stats)
-        blob = await asyncio.to_thread(open_blob, tail)
+        with span("toc_fetch", layer=digest) as fetch:
+            tail = await fetch_tail(fetcher, self.settings.layer.blob.fetch_timeout_sec, stats)
+            fetch.set(bytes=stats.fetched_metadata, requests=stats.requests)
+        with span("toc_parse", layer=digest) as parse:
+            blob = await asyncio.to_thread(open_blob, tail)
+            parse.set(entries=len(blob.toc.entries))
         return _Resolved(fetcher, blob, stats)
 
     def _resolve_others(self, source: LayerSource) -> None:
