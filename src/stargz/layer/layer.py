@@ -29,6 +29,7 @@ from stargz.layer.stats import FetchKind, LayerStats
 from stargz.remote.fetcher import BlobFetcher, fetch_checked
 from stargz.remote.inflight import InFlight
 from stargz.remote.regions import Range, merge_ranges, slice_from
+from stargz.trace import span
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,9 @@ class Layer:
         ]
         self._begin_read()
         try:
-            found = await self.load(wanted, "on_demand")
+            with span("read", layer=self._digest, path=entry.name, offset=offset,
+                      size=end - offset):  # ms: how long the reader waited
+                found = await self.load(wanted, "on_demand")
         except StargzError as err:
             self._stats.last_error = str(err)
             raise
@@ -227,9 +230,13 @@ class Layer:
     ) -> list[tuple[Chunk, bytes | StargzError]]:
         needs = {(c.compressed_offset, c.compressed_end) for c in chunks}
         ranges = merge_ranges(needs, self.config.blob.chunk_size)
-        data = await fetch_checked(self._fetcher, ranges, self.config.blob.fetch_timeout_sec)
-        self._stats.count_fetch(kind, sum(end - start for start, end in ranges))
-        return await asyncio.to_thread(self._decode_all, chunks, ranges, data)
+        nbytes = sum(end - start for start, end in ranges)
+        with span("fetch", kind=kind, layer=self._digest, path=chunks[0].path,
+                  chunks=len(chunks), ranges=len(ranges), bytes=nbytes):
+            data = await fetch_checked(self._fetcher, ranges, self.config.blob.fetch_timeout_sec)
+        self._stats.count_fetch(kind, nbytes)
+        with span("decode", kind=kind, layer=self._digest, chunks=len(chunks)):  # + cache put
+            return await asyncio.to_thread(self._decode_all, chunks, ranges, data)
 
     def _decode_all(
         self, chunks: list[Chunk], ranges: list[Range], data: list[bytes]
@@ -284,7 +291,8 @@ class Layer:
         False when it is still running."""
         limit = self.config.prefetch_timeout_sec if timeout is None else timeout
         try:
-            await asyncio.wait_for(self._prefetched.wait(), limit)
+            with span("prefetch_wait", layer=self._digest):
+                await asyncio.wait_for(self._prefetched.wait(), limit)
         except TimeoutError:
             return False
         return True
@@ -307,7 +315,9 @@ class Layer:
         end = self.prefetch_end()
         chunks = [c for c in self.all_chunks if c.compressed_offset < end]
         try:
-            failures = await self._fetch_groups(chunks, "prefetch")
+            with span("prefetch", layer=self._digest, chunks=len(chunks), end=end) as traced:
+                failures = await self._fetch_groups(chunks, "prefetch")
+                traced.set(bytes=self._stats.fetched_prefetch, failures=failures)
             self._stats.prefetch_complete = failures == 0
         finally:
             self._prefetched.set()
@@ -316,7 +326,9 @@ class Layer:
 
     async def _fetch_rest(self) -> None:
         """Fetch every chunk not yet cached, yielding to on-demand reads."""
-        failures = await self._fetch_groups(self.all_chunks, "background")
+        with span("background", layer=self._digest) as traced:
+            failures = await self._fetch_groups(self.all_chunks, "background")
+            traced.set(bytes=self._stats.fetched_background, failures=failures)
         self._stats.background_complete = failures == 0 and not self._background_off
 
     async def _fetch_groups(self, chunks: list[Chunk], kind: FetchKind) -> int:
