@@ -24,6 +24,7 @@ from stargz.snapshotter.api import mount_pb2, snapshots_pb2, snapshots_pb2_grpc
 from stargz.snapshotter.layout import Mount
 from stargz.snapshotter.metastore import Info, Kind
 from stargz.snapshotter.snapshotter import Snapshotter
+from stargz.trace import span
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ def _grpc_errors(handler: Handler[R]) -> Handler[R]:
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
         try:
-            return await handler(self, request, context)
+            with span("grpc", call=handler.__name__, key=getattr(request, "key", None)):
+                return await handler(self, request, context)
         except (StargzError, OSError, sqlite3.Error) as err:
             code = status_for(err)
             if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
