@@ -21,6 +21,7 @@ from stargz.estargz.extract import extract
 from stargz.estargz.reader import VerifiedBlob, open_blob
 from stargz.estargz.source import FileSource
 from stargz.estargz.writer import BuildOptions, build
+from stargz.printable import printable_json
 
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}\Z")
 if TYPE_CHECKING:
@@ -61,7 +62,10 @@ def register(commands: Subparsers) -> None:
     cmd.add_argument("--toc-digest", type=toc_digest_arg, metavar="DIGEST",
                      help="check the TOC against this digest first")
     cmd.set_defaults(handler=run_ls)
-    cmd = sub.add_parser("toc", help="print a blob's TOC JSON, byte for byte as stored")
+    cmd = sub.add_parser(
+        "toc", help="print a blob's TOC JSON, byte for byte as stored",
+        description="Print a blob's TOC JSON, byte for byte as stored; on a terminal, control "
+                    "characters in it are shown as \\uXXXX escapes (the same JSON).")
     cmd.add_argument("blob", metavar="BLOB", type=Path)
     cmd.add_argument("--toc-digest", type=toc_digest_arg, metavar="DIGEST",
                      help="check the TOC against this digest first")
@@ -193,7 +197,7 @@ def verify_all_chunks(blob: VerifiedBlob, source: FileSource) -> tuple[int, int]
             whole.update(blob.decode_chunk(chunk, member))
             chunks += 1
         if entry.digest and f"sha256:{whole.hexdigest()}" != entry.digest:
-            raise VerificationError(f"{entry.name}: content does not match its digest")
+            raise VerificationError(f"{entry.name!r}: content does not match its digest")
         files += 1
     return files, chunks
 
@@ -213,8 +217,12 @@ def run_toc(args: argparse.Namespace) -> int:
         unverified = open_blob(source)
         if args.toc_digest is not None:
             unverified.verify(args.toc_digest)
-    # The TOC exactly as stored, so `stargz blob toc B | sha256sum` shows the TOC digest.
+    # The TOC exactly as stored, so `stargz blob toc B | sha256sum` shows the TOC digest; a
+    # terminal gets control characters escaped (a name's ESC sequences would drive it).
     binary_out = getattr(sys.stdout, "buffer", None)  # None when stdout is redirected to text
+    if sys.stdout.isatty():
+        sys.stdout.write(printable_json(unverified.toc_json.decode("utf-8", "surrogateescape")))
+        return 0
     if binary_out is None:
         sys.stdout.write(unverified.toc_json.decode("utf-8", "surrogateescape"))
         return 0

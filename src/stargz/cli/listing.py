@@ -3,6 +3,8 @@
 A line is ``TYPE SIZE MODE PATH`` plus `` -> TARGET`` for links: SIZE is ``MAJOR,MINOR`` for
 devices, MODE is the permission, setuid, setgid and sticky bits in octal. Paths are
 root-relative; directories the tar left implicit are listed (mode 0755), the root is not.
+Paths and link targets are shown through ``quote_name``: control characters escaped (``\\n``,
+``\\x1b``), backslashes doubled, so a hostile name can not drive the terminal.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import posixpath
 from collections.abc import Iterable, Iterator
 
 from stargz.estargz.toc import TOCEntry, clean_name
+from stargz.printable import quote_name
 
 IMPLIED_DIR_MODE = 0o755
 DEVICE_TYPES = ("char", "block")
@@ -23,9 +26,9 @@ def format_entry(
 ) -> str:
     """One ls line from plain fields (also used to format the Go reference's view in tests)."""
     shown_size = f"{dev_major},{dev_minor}" if entry_type in DEVICE_TYPES else str(size)
-    line = f"{entry_type:<8} {shown_size:>12} {mode & 0o7777:04o} {path}"
+    line = f"{entry_type:<8} {shown_size:>12} {mode & 0o7777:04o} {quote_name(path)}"
     if entry_type in LINK_TYPES:
-        line += f" -> {link}"
+        line += f" -> {quote_name(link)}"
     return line
 
 
