@@ -3,21 +3,22 @@
 Each command group lives in its own module exposing ``register(subparsers)``; a registered
 command sets ``handler`` (``Callable[[argparse.Namespace], int]``) in its parser's defaults.
 Exit status: 0 success, 1 a StargzError or OS error (one line on stderr), 2 usage errors,
-130 interrupted. ``--debug`` adds debug logging and the traceback.
+130 interrupted. ``--debug`` adds debug logging and the traceback; ``--log-level`` takes the
+reference's level names (trace ... panic, see ``stargz.logs``).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
+from stargz import logs
 from stargz.cli import blob, convert, inspect, mount, rpull, snapshotter
-from stargz.errors import StargzError
+from stargz.errors import ConfigError, StargzError
 
 PROG = "stargz"
 EXIT_ERROR = 1
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true",
                         help="log debug messages and show tracebacks on errors")
+    parser.add_argument("--log-level", dest="global_log_level", type=_level, metavar="LEVEL",
+                        help=f"{logs.LEVEL_NAMES} (default warning; debug with --debug)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for register in GROUPS:
@@ -60,12 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(debug: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format=f"{PROG}: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _level(text: str) -> str:
+    try:
+        return logs.level_name(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    logs.configure(args.global_log_level or ("debug" if args.debug else "warning"))
 
 
 def _one_line(err: BaseException) -> str:
@@ -87,7 +93,7 @@ def _report(err: BaseException, debug: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors exit 2 here, with argparse's message
-    _setup_logging(args.debug)
+    _setup_logging(args)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

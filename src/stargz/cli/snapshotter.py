@@ -21,4 +21,6 @@ def register(commands: Subparsers) -> None:
 def run_snapshotter(args: argparse.Namespace) -> int:
     from stargz.snapshotter import daemon
 
+    if args.log_level is None:  # `stargz --log-level L snapshotter` (or --debug) means it too
+        args.log_level = args.global_log_level or ("debug" if args.debug else None)
     return daemon.run_from_args(args)

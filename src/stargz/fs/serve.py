@@ -15,11 +15,11 @@ import argparse
 import asyncio
 import dataclasses
 import hashlib
-import logging
 import signal
 import sys
 from pathlib import Path
 
+from stargz import logs
 from stargz.cache import cache_from_config
 from stargz.config import Config, load_config
 from stargz.errors import StargzError
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="layer config (TOML, as the snapshotter's)")
     parser.add_argument("--no-background", action="store_true", help="no background fetch")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logs.configure("info")
     try:
         config = load_config(args.config) if args.config else Config()
         if args.no_background:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 
+from stargz import logs
 from stargz.config import read_toml
 from stargz.errors import ConfigError, RuntimeIntegrationError, StargzError
 from stargz.snapshotter.api import snapshots_pb2_grpc
@@ -70,9 +71,7 @@ def _absolute_path(config_path: Path, key: str, value: object) -> Path:
 
 
 def _log_level(name: str) -> str:
-    if name.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"log level {name!r} is not one of debug, info, warning, error")
-    return name.lower()
+    return logs.level_name(name)
 
 
 async def serve(config: SnapshotterConfig, remote: RemoteLayers | None = None) -> None:
@@ -151,7 +150,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="TOML file with [snapshotter] and [lazy] tables")
     parser.add_argument("--address", type=Path, help=f"unix socket (default {DEFAULT_ADDRESS})")
     parser.add_argument("--root", type=Path, help=f"state directory (default {DEFAULT_ROOT})")
-    parser.add_argument("--log-level", help="debug, info, warning or error")
+    parser.add_argument("--log-level", help=f"{logs.LEVEL_NAMES} (default info)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,15 +179,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; 0 on a clean stop, 2 for a bad config, 1 otherwise."""
     try:
         config = config_from_args(args)
-        logging.basicConfig(
-            level=config.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
-        # `stargz snapshotter` has configured logging already (basicConfig did nothing then)
-        logging.getLogger().setLevel(config.log_level.upper())
-        # grpc's and asyncio's own debug lines drown ours
-        for noisy in ("grpc", "asyncio"):
-            logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
+        logs.configure(config.log_level)  # httpx's line per request only at debug and trace
         from stargz.snapshotter.lazy import load_lazy  # imported late: it loads pyfuse3
 
         run(config, load_lazy(args.config, config.root))
