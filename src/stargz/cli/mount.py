@@ -45,6 +45,9 @@ def register(commands: Subparsers) -> None:
     cmd.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
     cmd.add_argument("--rw", action="store_true",
                      help="writable mount (changes go to an upper dir removed at umount)")
+    cmd.add_argument("--allow-setuid-and-devices", action="store_true",
+                     help="honour the image's setuid/setgid bits and device nodes: grants root "
+                          "to anyone who can run the image's binaries (default: nosuid,nodev)")
     cmd.add_argument("--foreground", action="store_true",
                      help="serve from this process until interrupted")
     cmd.add_argument("--config", type=Path, metavar="FILE",
@@ -101,6 +104,7 @@ def _request(args: argparse.Namespace) -> MountRequest:
         config=_layer_config(args),
         platform=args.platform,
         metrics_address=args.metrics_address,
+        allow_setuid_and_devices=args.allow_setuid_and_devices,
     )
 
 
@@ -168,7 +172,7 @@ def _detach_stdio(log_file: Path) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     devnull = os.open(os.devnull, os.O_RDONLY)
-    log = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    log = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(devnull, 0)
     os.dup2(log, 1)
     os.dup2(log, 2)

@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 
 READ_AHEAD_KB = 1024  # the kernel caps a FUSE read at 256 pages; -o max_read breaks libfuse 3.14
 MOUNT_OPTIONS = ("fsname=stargz", "subtype=stargz", "ro", "default_permissions", "allow_other")
+# An image's setuid-root binaries and device nodes must not work for whoever can reach the mount
+# (libfuse's default too, said explicitly). containerd's overlay over these directories is a
+# mount of its own with its own flags, so setuid binaries still work inside containers.
+SAFE_OPTIONS = ("nosuid", "nodev")
+UNSAFE_OPTIONS = ("suid", "dev")  # only when the user asked for them (stargz mount's flag)
 
 pyfuse3.asyncio.enable()
 
@@ -38,8 +43,11 @@ pyfuse3.asyncio.enable()
 class LazyFS:
     """One read-only FUSE mount holding a directory per layer."""
 
-    def __init__(self, mountpoint: str | Path, metrics_address: str | None = None) -> None:
+    def __init__(self, mountpoint: str | Path, metrics_address: str | None = None,
+                 allow_setuid_and_devices: bool = False) -> None:
         self.mountpoint = Path(mountpoint)
+        self.options = MOUNT_OPTIONS + (
+            UNSAFE_OPTIONS if allow_setuid_and_devices else SAFE_OPTIONS)
         self.core = FSCore(uid=os.getuid(), gid=os.getgid())
         self.metrics = FSMetrics(self.core.layers)
         self.operations = StargzOperations(self.core, self.metrics)
@@ -58,7 +66,7 @@ class LazyFS:
         if is_stale(self.mountpoint):
             cleanup_stale(self.mountpoint)
         try:
-            pyfuse3.init(self.operations, str(self.mountpoint), set(MOUNT_OPTIONS))
+            pyfuse3.init(self.operations, str(self.mountpoint), set(self.options))
         except RuntimeError as exc:
             where = self.mountpoint
             raise RuntimeIntegrationError(f"can not mount FUSE on {where}: {exc}") from exc

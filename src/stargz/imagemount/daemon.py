@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,18 +46,23 @@ class MountRequest:
     config: Config = field(default_factory=Config)
     platform: Platform | None = None
     metrics_address: str | None = None
+    allow_setuid_and_devices: bool = False  # else every mount is nosuid,nodev
 
 
 async def serve_image(request: MountRequest, registry: RegistryClient,
                       on_ready: Callable[[list[OpenLayer]], None]) -> None:
     """Mount ``request.image`` on its mountpoint and serve it until told to stop."""
     state = request.state
+    # what the daemon creates (state, log, downloaded blobs, chunk cache) is for root only;
+    # files users write through a --rw mount take their own umask, not this one
+    os.umask(0o077)
     await asyncio.to_thread(_prepare, state)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    fs = LazyFS(state.fuse_dir, metrics_address=request.metrics_address)
+    fs = LazyFS(state.fuse_dir, metrics_address=request.metrics_address,
+                allow_setuid_and_devices=request.allow_setuid_and_devices)
     serving = await _start_fuse(fs)
     pool = LayerPool(registry, make_cache(request.config), request.config)
     layers: list[OpenLayer] = []
@@ -64,7 +70,8 @@ async def serve_image(request: MountRequest, registry: RegistryClient,
         manifest = await registry.get_manifest(request.image, request.platform)
         layers = await open_image_layers(pool, request.image, manifest, state.blobs_dir)
         lowerdirs = _add_layers(fs, layers)
-        await asyncio.to_thread(mount_overlay, state, lowerdirs, request.writable)
+        await asyncio.to_thread(mount_overlay, state, lowerdirs, request.writable,
+                                request.allow_setuid_and_devices)
         on_ready(layers)
         waiting = asyncio.create_task(stop.wait())
         await asyncio.wait({waiting, serving}, return_when=asyncio.FIRST_COMPLETED)

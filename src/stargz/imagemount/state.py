@@ -64,8 +64,11 @@ class MountState:
         return self.directory / "pid"
 
     def create(self) -> None:
+        """The state directory, for root only (its log, downloaded blobs, the upper dir's
+        changes), with its parents when they are missing."""
+        make_private_dirs(self.directory)
         for path in (self.fuse_dir, self.blobs_dir):
-            path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(mode=0o700, exist_ok=True)
         (self.directory / "mountpoint").write_text(f"{self.mountpoint}\n")
         self.pid_file.write_text(f"{os.getpid()}\n")
 
@@ -83,6 +86,21 @@ class MountState:
         return self.directory.is_dir()
 
 
+def make_private_dirs(path: Path) -> None:
+    """``path`` and its missing parents, each made 0700 whatever the umask; existing ones are
+    left as they are (they are the admin's)."""
+    missing: list[Path] = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # made by a daemon starting beside us
+        os.chmod(directory, 0o700)  # mkdir's mode is cut by the umask, never widened
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -97,24 +115,39 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def mount_overlay(state: MountState, lowerdirs: list[Path], writable: bool) -> None:
+def mount_overlay(state: MountState, lowerdirs: list[Path], writable: bool,
+                  allow_setuid_and_devices: bool = False) -> None:
     """Overlayfs of ``lowerdirs`` (topmost first) on the mountpoint; a read-only image of one
-    layer is a read-only bind mount (overlayfs wants two lowerdirs without an upper)."""
+    layer is a read-only bind mount (overlayfs wants two lowerdirs without an upper).
+
+    Either mount is ``nosuid,nodev`` unless ``allow_setuid_and_devices``: an overlay honours
+    its own flags, not its lowerdirs', so the FUSE mount's ``nosuid`` alone would not stop a
+    local user from running the image's setuid-root binaries as root."""
     for path in lowerdirs:
         if ":" in str(path) or "," in str(path):
             raise RuntimeIntegrationError(f"layer directory {path} can not be an overlay lowerdir")
+    flags = "suid,dev" if allow_setuid_and_devices else "nosuid,nodev"
     if not writable and len(lowerdirs) == 1:
         _run(["mount", "--bind", str(lowerdirs[0]), str(state.mountpoint)])
-        _run(["mount", "-o", "remount,bind,ro", str(state.mountpoint)])
+        _run(["mount", "-o", f"remount,bind,ro,{flags}", str(state.mountpoint)])
         return
     options = "lowerdir=" + ":".join(str(p) for p in lowerdirs)
     if writable:
-        state.upper_dir.mkdir(exist_ok=True)
-        state.work_dir.mkdir(exist_ok=True)
+        _make_upper(state, lowerdirs[0])
         options += f",upperdir={state.upper_dir},workdir={state.work_dir}"
     else:
         options += ",ro"
-    _run(["mount", "-t", "overlay", "stargz", "-o", options, str(state.mountpoint)])
+    _run(["mount", "-t", "overlay", "stargz", "-o", f"{options},{flags}", str(state.mountpoint)])
+
+
+def _make_upper(state: MountState, top_layer: Path) -> None:
+    """The upper and work dirs; the upper's root takes the image root's owner and mode (the
+    merged root shows the upper's: a umask-made 0777 upper would make the root world-writable)."""
+    root = top_layer.stat()
+    state.upper_dir.mkdir(mode=0o700, exist_ok=True)
+    os.chown(state.upper_dir, root.st_uid, root.st_gid)
+    os.chmod(state.upper_dir, root.st_mode & 0o7777)
+    state.work_dir.mkdir(mode=0o700, exist_ok=True)
 
 
 def _run(argv: list[str]) -> None:
