@@ -42,8 +42,13 @@ class Config:
     prefetch_size: int = 0  # bytes prefetched when a blob has no landmark
     prefetch_timeout_sec: float = 10.0
     no_background_fetch: bool = False
-    max_concurrency: int = 2
+    max_concurrency: int = 2  # background fetches at once, across the whole daemon
     background_batch_bytes: int = 1 << 20  # compressed bytes per background request
+    # background fetches start once no prioritized work (on-demand fetch, prefetch, layer
+    # resolution) has run anywhere in the daemon for this long (the reference's fixed 5 s)
+    background_quiet_sec: float = 5.0
+    resolve_result_entry: int = 30  # layers no mount uses kept resolved (LRU), for a re-Prepare
+    resolve_result_entry_ttl_sec: float = 120.0  # ... and for at most this long
     blob: BlobConfig = field(default_factory=BlobConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
 
@@ -140,6 +145,9 @@ def _check_ranges(config: Config) -> None:
     not_negative = {
         "prefetch_size": config.prefetch_size,
         "prefetch_timeout_sec": config.prefetch_timeout_sec,
+        "background_quiet_sec": config.background_quiet_sec,
+        "resolve_result_entry": config.resolve_result_entry,
+        "resolve_result_entry_ttl_sec": config.resolve_result_entry_ttl_sec,
         "blob.max_retries": config.blob.max_retries,
         "cache.memory_limit_bytes": config.cache.memory_limit_bytes,
         "cache.disk_limit_bytes": config.cache.disk_limit_bytes,

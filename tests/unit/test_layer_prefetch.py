@@ -90,7 +90,7 @@ def test_no_prefetch_landmark_prefetches_nothing(tmp_path: Path) -> None:
 def test_background_fetch_caches_the_whole_layer(tmp_path: Path) -> None:
     built = prioritized_layer(tmp_path)
     fetcher = CountingFetcher(FileBlobFetcher(built.path))
-    config = Config(background_batch_bytes=50000)
+    config = Config(background_batch_bytes=50000, background_quiet_sec=0)
 
     async def go() -> None:
         layer = await mount(fetcher, LAYER_DIGEST, built.result.toc_digest,
@@ -154,7 +154,8 @@ def test_background_waits_while_an_on_demand_read_runs(tmp_path: Path) -> None:
         gated = GatedFetcher(inner, target.compressed_offset, target.compressed_end)
         fetcher = CountingFetcher(gated)
         layer = await Layer.open(fetcher, LAYER_DIGEST, built.result.toc_digest,
-                                 TieredCache(MemoryCache(64 << 20)), Config())
+                                 TieredCache(MemoryCache(64 << 20)),
+                                 Config(background_quiet_sec=0))
         opened = len(fetcher.requests)
         read = asyncio.create_task(layer.read("lib/f7.bin", 0, 100))
         await gated.holding.wait()
@@ -254,7 +255,7 @@ def test_mount_from_file_with_background_fetch_into_a_disk_cache(tmp_path: Path)
 
     async def go() -> None:
         layer = await mount_from_file(built.path, LAYER_DIGEST, built.result.toc_digest, cache,
-                                      Config())
+                                      Config(background_quiet_sec=0))
         await layer.wait_background()
         assert layer.stats().background_complete
 

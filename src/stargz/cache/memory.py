@@ -31,6 +31,9 @@ class MemoryCache:
                 self._items.move_to_end(digest)
             return data
 
+    def peek(self, digest: str) -> bytes | None:
+        return self.get(digest)
+
     def put(self, digest: str, data: bytes) -> None:
         if len(data) > self.limit_bytes:
             return  # would evict everything and still not fit

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Coroutine, Iterable
 from typing import Any
 
@@ -25,6 +24,7 @@ from stargz.errors import (
 from stargz.estargz.chunks import Chunk
 from stargz.estargz.reader import VerifiedBlob
 from stargz.layer.opening import open_verified
+from stargz.layer.scheduler import BackgroundScheduler
 from stargz.layer.stats import FetchKind, LayerStats
 from stargz.remote.fetcher import BlobFetcher, fetch_checked
 from stargz.remote.inflight import InFlight
@@ -32,11 +32,6 @@ from stargz.remote.regions import Range, merge_ranges, slice_from
 from stargz.trace import span
 
 log = logging.getLogger(__name__)
-
-# The background fetch shares the event loop (and the GIL) with the filesystem: it steps aside
-# until the layer has gone this long without a filesystem request, so a stat walk or a program
-# start is not slowed by it.
-QUIET_BEFORE_BACKGROUND_S = 0.1
 
 
 class Layer:
@@ -50,6 +45,7 @@ class Layer:
         cache: ChunkCache,
         config: Config,
         stats: LayerStats,
+        scheduler: BackgroundScheduler | None = None,
     ) -> None:
         self._digest = digest
         self._blob = blob
@@ -60,10 +56,9 @@ class Layer:
         self._inflight = InFlight()
         self._pending: dict[FetchKind, tuple[list[Chunk], set[str]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._reads_in_flight = 0
-        self.idle = asyncio.Event()  # set while no on-demand read runs; background waits on it
-        self.idle.set()
-        self._last_use = 0.0  # time.monotonic() of the last filesystem request (note_use)
+        # the process's scheduler (shared by every layer a LayerService opens), else our own
+        self.scheduler = scheduler or BackgroundScheduler(config.background_quiet_sec,
+                                                          config.max_concurrency)
         self.all_chunks = _chunks_in_blob_order(blob)
         self._by_member: dict[int, list[Chunk]] = {}  # only members holding several chunks
         for chunk in self.all_chunks:
@@ -83,13 +78,14 @@ class Layer:
         cache: ChunkCache,
         config: Config,
         skip_verification_reason: str | None = None,
+        scheduler: BackgroundScheduler | None = None,
     ) -> Layer:
         """Read footer and TOC, verify the TOC digest; no prefetch (see ``layer.mount``)."""
         stats = LayerStats(size=fetcher.size)
         blob = await open_verified(
             fetcher, toc_digest, config.blob.fetch_timeout_sec, stats, skip_verification_reason
         )
-        return cls(digest, blob, fetcher, cache, config, stats)
+        return cls(digest, blob, fetcher, cache, config, stats, scheduler)
 
     @property
     def digest(self) -> str:
@@ -115,16 +111,14 @@ class Layer:
         wanted = [
             c for c in self._blob.chunks(entry.name) if c.end > offset and c.chunk_offset < end
         ]
-        self._begin_read()
         try:
             with span("read", layer=self._digest, path=entry.name, offset=offset,
                       size=end - offset):  # ms: how long the reader waited
-                found = await self.load(wanted, "on_demand")
+                # all in memory: answered right here, no task, no thread, no scheduling
+                found = self._from_memory(wanted) or await self.load(wanted, "on_demand")
         except StargzError as err:
             self._stats.last_error = str(err)
             raise
-        finally:
-            self._end_read()
         parts = [
             found[c.digest][max(offset, c.chunk_offset) - c.chunk_offset : min(end, c.end)
                             - c.chunk_offset]
@@ -133,15 +127,19 @@ class Layer:
         return b"".join(parts)
 
     def note_use(self) -> None:
-        """The filesystem served a request of this layer: the background fetch waits."""
-        self._last_use = time.monotonic()
+        """The filesystem served a request of this layer: background fetches wait a moment."""
+        self.scheduler.note_use()
 
-    async def _wait_quiet(self) -> None:
-        """Until no on-demand read runs and the filesystem has been quiet for a moment."""
-        await self.idle.wait()
-        while (left := self._last_use + QUIET_BEFORE_BACKGROUND_S - time.monotonic()) > 0:
-            await asyncio.sleep(left)
-            await self.idle.wait()
+    def _from_memory(self, wanted: list[Chunk]) -> dict[str, bytes] | None:
+        """Every wanted chunk from the memory cache, or None (and nothing counted)."""
+        found: dict[str, bytes] = {}
+        for chunk in wanted:
+            data = self._cache.peek(chunk.digest)
+            if data is None:
+                return None
+            found[chunk.digest] = data
+        self._stats.cache_hits += len(found)
+        return found
 
     async def load(self, chunks: Iterable[Chunk], kind: FetchKind) -> dict[str, bytes]:
         """Verified bytes of ``chunks`` by digest: from a fetch already running, the caches,
@@ -202,7 +200,7 @@ class Layer:
         verified. Runs as its own task so a reader cancelled mid-fetch does not fail the
         other readers waiting for the same chunks."""
         try:
-            cached = await asyncio.to_thread(self._cache_lookup, [c.digest for c in chunks])
+            cached = await self._cached([c.digest for c in chunks])
             missing = [c for c in chunks if c.digest not in cached]
             if kind == "on_demand":
                 self._stats.cache_hits += len(wanted & cached.keys())
@@ -218,6 +216,9 @@ class Layer:
             if not isinstance(err, Exception):
                 raise
             return
+        self._settle(results)
+
+    def _settle(self, results: list[tuple[Chunk, bytes | StargzError]]) -> None:
         for chunk, result in results:
             if isinstance(result, bytes):
                 self._stats.held.add(chunk.compressed_offset, chunk.compressed_end)
@@ -225,18 +226,64 @@ class Layer:
             else:
                 self._inflight.fail(chunk.digest, result)
 
+    async def _cached(self, digests: list[str]) -> dict[str, bytes]:
+        """The chunks the caches hold: memory right here, the rest looked up in a thread."""
+        found = {d: data for d in digests if (data := self._cache.peek(d)) is not None}
+        rest = [d for d in digests if d not in found]
+        if rest:
+            found.update(await asyncio.to_thread(self._cache_lookup, rest))
+        return found
+
     async def _fetch_decode(
         self, chunks: list[Chunk], kind: FetchKind
     ) -> list[tuple[Chunk, bytes | StargzError]]:
+        """Fetch (prioritized work: background fetches everywhere stop), decode, verify."""
         needs = {(c.compressed_offset, c.compressed_end) for c in chunks}
         ranges = merge_ranges(needs, self.config.blob.chunk_size)
         nbytes = sum(end - start for start, end in ranges)
         with span("fetch", kind=kind, layer=self._digest, path=chunks[0].path,
-                  chunks=len(chunks), ranges=len(ranges), bytes=nbytes):
+                  chunks=len(chunks), ranges=len(ranges), bytes=nbytes), \
+                self.scheduler.prioritized():
             data = await fetch_checked(self._fetcher, ranges, self.config.blob.fetch_timeout_sec)
         self._stats.count_fetch(kind, nbytes)
         with span("decode", kind=kind, layer=self._digest, chunks=len(chunks)):  # + cache put
             return await asyncio.to_thread(self._decode_all, chunks, ranges, data)
+
+    async def _fetch_in_background(self, group: list[Chunk]) -> None:
+        """Fetch, verify and cache what of ``group`` no cache holds and nobody is fetching,
+        when the scheduler lets it (an on-demand fetch anywhere cancels the request, which is
+        made again later). Nothing is claimed while waiting for the scheduler, so a reader
+        never waits for the background: the chunks are claimed once their bytes are here."""
+        wanted = [c for c in group if self._inflight.get(c.digest) is None]
+        cached = await self._cached([c.digest for c in wanted])
+        for chunk in wanted:
+            if chunk.digest in cached:
+                self._stats.held.add(chunk.compressed_offset, chunk.compressed_end)
+        missing = [c for c in wanted if c.digest not in cached]
+        if not missing:
+            return
+        needs = {(c.compressed_offset, c.compressed_end) for c in missing}
+        ranges = merge_ranges(needs, self.config.blob.chunk_size)
+        nbytes = sum(end - start for start, end in ranges)
+        timeout = self.config.blob.fetch_timeout_sec
+        with span("fetch", kind="background", layer=self._digest, path=missing[0].path,
+                  chunks=len(missing), ranges=len(ranges), bytes=nbytes):
+            data = await self.scheduler.run(lambda: fetch_checked(self._fetcher, ranges, timeout))
+        self._stats.count_fetch("background", nbytes)
+        free = [c for c in missing if self._inflight.get(c.digest) is None]
+        for chunk in free:  # a reader asking for one of these now waits for our decoding
+            self._inflight.claim(chunk.digest)
+        try:
+            with span("decode", kind="background", layer=self._digest, chunks=len(free)):
+                results = await asyncio.to_thread(self._decode_all, free, ranges, data)
+        except BaseException as err:
+            for chunk in free:
+                self._inflight.fail(chunk.digest, _as_stargz(err))
+            raise
+        self._settle(results)
+        failed = [r for _, r in results if not isinstance(r, bytes)]
+        if failed:
+            raise failed[0]
 
     def _decode_all(
         self, chunks: list[Chunk], ranges: list[Range], data: list[bytes]
@@ -264,15 +311,6 @@ class Layer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-    def _begin_read(self) -> None:
-        self._reads_in_flight += 1
-        self.idle.clear()
-
-    def _end_read(self) -> None:
-        self._reads_in_flight -= 1
-        if self._reads_in_flight == 0:
-            self.idle.set()
 
     def start(self) -> None:
         """Begin the prefetch (landmark, else ``prefetch_size``), then the background fetch."""
@@ -315,7 +353,8 @@ class Layer:
         end = self.prefetch_end()
         chunks = [c for c in self.all_chunks if c.compressed_offset < end]
         try:
-            with span("prefetch", layer=self._digest, chunks=len(chunks), end=end) as traced:
+            with span("prefetch", layer=self._digest, chunks=len(chunks), end=end) as traced, \
+                    self.scheduler.prioritized():
                 failures = await self._fetch_groups(chunks, "prefetch")
                 traced.set(bytes=self._stats.fetched_prefetch, failures=failures)
             self._stats.prefetch_complete = failures == 0
@@ -325,7 +364,7 @@ class Layer:
             self._background = self._spawn(self._fetch_rest())
 
     async def _fetch_rest(self) -> None:
-        """Fetch every chunk not yet cached, yielding to on-demand reads."""
+        """Fetch every chunk not yet cached, through the scheduler (see _fetch_in_background)."""
         with span("background", layer=self._digest) as traced:
             failures = await self._fetch_groups(self.all_chunks, "background")
             traced.set(bytes=self._stats.fetched_background, failures=failures)
@@ -333,7 +372,7 @@ class Layer:
 
     async def _fetch_groups(self, chunks: list[Chunk], kind: FetchKind) -> int:
         """Load ``chunks`` in groups with ``max_concurrency`` workers; the number of groups
-        that failed. Background workers wait while on-demand reads are in flight."""
+        that failed. Background groups go through the process's scheduler."""
         groups = _groups(chunks, self.config.background_batch_bytes)
         failures = 0
 
@@ -341,10 +380,11 @@ class Layer:
             nonlocal failures
             while groups and not (kind == "background" and self._background_off):
                 group = groups.pop(0)
-                if kind == "background":
-                    await self._wait_quiet()  # on-demand reads and metadata first
                 try:
-                    await self.load(group, kind)
+                    if kind == "background":
+                        await self._fetch_in_background(group)
+                    else:
+                        await self.load(group, kind)
                 except StargzError as err:
                     failures += 1
                     self._stats.last_error = str(err)
@@ -393,10 +433,12 @@ async def mount(
     cache: ChunkCache,
     config: Config,
     skip_verification_reason: str | None = None,
+    scheduler: BackgroundScheduler | None = None,
 ) -> Layer:
     """Open a layer, start its prefetch and background fetch, and wait for the prefetch up to
     ``prefetch_timeout_sec`` (reads still work while it runs)."""
-    layer = await Layer.open(fetcher, digest, toc_digest, cache, config, skip_verification_reason)
+    layer = await Layer.open(fetcher, digest, toc_digest, cache, config, skip_verification_reason,
+                             scheduler)
     layer.start()
     await layer.wait_prefetch()
     return layer

@@ -7,6 +7,7 @@ from pathlib import Path
 from stargz.cache import ChunkCache
 from stargz.config import Config
 from stargz.layer.layer import Layer, mount
+from stargz.layer.scheduler import BackgroundScheduler
 from stargz.registry.client import RegistryClient
 from stargz.registry.reference import Reference
 from stargz.remote.fetcher import FileBlobFetcher, RegistryBlobFetcher
@@ -21,12 +22,14 @@ async def mount_from_registry(
     config: Config,
     size: int | None = None,
     skip_verification_reason: str | None = None,
+    scheduler: BackgroundScheduler | None = None,
 ) -> Layer:
     """Mount layer ``digest`` of ``repo_ref`` lazily (size from the manifest, else a HEAD)."""
     if size is None:
         size = await client.head_blob(repo_ref, digest)
     fetcher = RegistryBlobFetcher(client, repo_ref, digest, size)
-    return await mount(fetcher, digest, toc_digest, cache, config, skip_verification_reason)
+    return await mount(fetcher, digest, toc_digest, cache, config, skip_verification_reason,
+                       scheduler)
 
 
 async def mount_from_file(
@@ -36,7 +39,9 @@ async def mount_from_file(
     cache: ChunkCache,
     config: Config,
     skip_verification_reason: str | None = None,
+    scheduler: BackgroundScheduler | None = None,
 ) -> Layer:
     """Mount a blob kept in a local file, read through the same verified path."""
     fetcher = FileBlobFetcher(path)
-    return await mount(fetcher, digest, toc_digest, cache, config, skip_verification_reason)
+    return await mount(fetcher, digest, toc_digest, cache, config, skip_verification_reason,
+                       scheduler)
