@@ -18,7 +18,7 @@ import pytest
 from tests.support.faultproxy import Fault, FaultProxy
 from tests.support.goharness import go_verify
 from tests.support.images import busybox_rootfs_tar, extract_tar, make_oci_image
-from tests.support.registry import RunningRegistry, run_registry
+from tests.support.registry import RunningRegistry, run_registry, token_requests
 
 pytestmark = pytest.mark.integration
 
@@ -188,7 +188,11 @@ def test_token_auth(tmp_path: Path, busybox_layout: str, monkeypatch: pytest.Mon
              f"--dest-creds={reg.username}:{reg.password}")
         monkeypatch.setenv("STARGZ_USERNAME", reg.username)
         monkeypatch.setenv("STARGZ_PASSWORD", reg.password)
-        stargz("convert", "--plain-http", f"{reg.host}/test/tok:v1", f"{reg.host}/test/tok:esgz")
+        monkeypatch.setenv("STARGZ_REGISTRY", reg.host)  # the env credentials are for it only
+        # The hosts dir makes the registry and its token realm plain HTTP (else no password).
+        stargz("convert", "--hosts-dir", str(reg.hosts_dir()), f"{reg.host}/test/tok:v1",
+               f"{reg.host}/test/tok:esgz")
+        assert "POST password" in token_requests(reg)
 
 
 FAULTS = [

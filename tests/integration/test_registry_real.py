@@ -82,6 +82,13 @@ def client_for(reg: support.RunningRegistry, password: str | None = None) -> Reg
     return RegistryClient(HostsConfig.create(reg.hosts_dir()), creds, retry=FAST)
 
 
+def own_credentials(reg: support.RunningRegistry) -> CredentialStore:
+    """The registry's credentials, for its host only (none when it wants none)."""
+    if reg.username is None:
+        return CredentialStore()
+    return CredentialStore({reg.host: Credentials(reg.username, str(reg.password))})
+
+
 def run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
 
@@ -153,7 +160,7 @@ def test_wrong_credentials_fail_cleanly(auth_registry: support.RunningRegistry,
 def test_token_server_saw_oauth_post(token_registry: support.RunningRegistry) -> None:
     registry = token_registry
     ref = Reference.parse(f"{registry.host}/test/tok:v1")
-    creds = CredentialStore(default=Credentials(str(registry.username), str(registry.password)))
+    creds = own_credentials(registry)
 
     async def body() -> None:
         async with RegistryClient(HostsConfig.create(registry.hosts_dir()), creds) as client:
@@ -173,9 +180,7 @@ def test_tls_needs_our_ca(tls_registry: support.RunningRegistry) -> None:
     (skip_dir / registry.host).mkdir(parents=True, exist_ok=True)
     (skip_dir / registry.host / "hosts.toml").write_text(
         f'server = "{registry.url}"\nskip_verify = true\n')
-    creds = CredentialStore()
-    if registry.username:
-        creds = CredentialStore(default=Credentials(registry.username, str(registry.password)))
+    creds = own_credentials(registry)
 
     async def body() -> None:
         async with RegistryClient(retry=FAST) as client:  # system CAs only
@@ -198,9 +203,7 @@ def test_dead_mirror_falls_back_to_origin(registry: support.RunningRegistry) -> 
     lines.append(f'[host."http://127.0.0.1:{support.free_port()}"]')
     (entry / "hosts.toml").write_text("\n".join(lines) + "\n")
     ref = Reference.parse(f"{registry.host}/test/mirrored:v1")
-    creds = CredentialStore()
-    if registry.username:
-        creds = CredentialStore(default=Credentials(registry.username, str(registry.password)))
+    creds = own_credentials(registry)
 
     async def body() -> None:
         async with RegistryClient(HostsConfig.create(hosts_dir), creds, retry=FAST) as client:

@@ -63,6 +63,7 @@ class RunningRegistry:
     username: str | None = None
     password: str | None = None
     helpers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    token_realm: str | None = None  # http://127.0.0.1:PORT/token for auth="token"
 
     @property
     def url(self) -> str:
@@ -77,6 +78,11 @@ class RunningRegistry:
         if self.ca_file is not None:
             lines.append(f'ca = "{self.ca_file}"')
         (entry / "hosts.toml").write_text("\n".join(lines) + "\n")
+        if self.token_realm is not None:  # plain HTTP, so it may be sent the password
+            realm_host = self.token_realm.split("/")[2]
+            (directory / realm_host).mkdir(exist_ok=True)
+            (directory / realm_host / "hosts.toml").write_text(
+                f'server = "http://{realm_host}"\n')
         return directory
 
     def stop(self) -> None:
@@ -162,6 +168,7 @@ def run_registry(workdir: Path, *, auth: Auth = "none", tls: bool = False) -> It
         ca_file, key = make_cert(workdir, "registry")
         http["tls"] = {"certificate": str(ca_file), "key": str(key)}
     helpers: list[subprocess.Popen[bytes]] = []
+    realm: str | None = None
     if auth == "basic":
         htpasswd = workdir / "htpasswd"
         result = subprocess.run(["htpasswd", "-Bbn", USERNAME, PASSWORD], check=True,
@@ -180,9 +187,9 @@ def run_registry(workdir: Path, *, auth: Auth = "none", tls: bool = False) -> It
         proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config_path)],
                                 stdout=log_file, stderr=subprocess.STDOUT)
     scheme = "https" if tls else "http"
-    creds = (USERNAME, PASSWORD) if auth != "none" else (None, None)
-    registry = RunningRegistry(f"127.0.0.1:{port}", scheme, workdir, proc, ca_file, *creds,
-                               helpers=helpers)
+    username, password = (USERNAME, PASSWORD) if auth != "none" else (None, None)
+    registry = RunningRegistry(f"127.0.0.1:{port}", scheme, workdir, proc, ca_file, username,
+                               password, helpers=helpers, token_realm=realm)
     try:
         _wait_ready(f"{scheme}://127.0.0.1:{port}/v2/", proc, ca_file, log)
         yield registry

@@ -381,7 +381,7 @@ def test_gives_up_with_transport_error() -> None:
 
 def test_redirect_is_followed_cached_and_reresolved_when_expired() -> None:
     fake = FakeRegistry(redirect=True, auth="basic")
-    creds = CredentialStore(default=Credentials("alice", SECRET))
+    creds = CredentialStore({"reg.example": Credentials("alice", SECRET)})
 
     async def body(client: RegistryClient) -> None:
         assert await client.read_blob_range(REF, DATA_DIGEST, 0, 10) == DATA[:10]
@@ -433,7 +433,7 @@ def test_missing_blob() -> None:
 
 def test_bearer_token_by_post_is_cached() -> None:
     fake = FakeRegistry(auth="bearer")
-    creds = CredentialStore(default=Credentials("alice", SECRET))
+    creds = CredentialStore({"reg.example": Credentials("alice", SECRET)})
 
     async def body(client: RegistryClient) -> None:
         for _ in range(3):
@@ -459,7 +459,7 @@ def test_concurrent_first_requests_share_one_token() -> None:
 def test_bearer_falls_back_to_get_and_anonymous() -> None:
     fake = FakeRegistry(auth="bearer")
     fake.post_token_status = 405
-    creds = CredentialStore(default=Credentials("alice", SECRET))
+    creds = CredentialStore({"reg.example": Credentials("alice", SECRET)})
     assert run(fake, lambda c: c.head_blob(REF, DATA_DIGEST), creds=creds) == len(DATA)
     assert [r.method for r in fake.requests("auth.example")] == ["POST", "GET"]
     anonymous = FakeRegistry(auth="bearer")
@@ -473,7 +473,7 @@ def test_wrong_credentials_are_a_clean_auth_error(auth: str,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     fake = FakeRegistry(auth=auth)
-    creds = CredentialStore(default=Credentials("alice", "wrong-" + SECRET))
+    creds = CredentialStore({"reg.example": Credentials("alice", "wrong-" + SECRET)})
     with pytest.raises(AuthError) as info:
         run(fake, lambda c: c.read_blob_range(REF, DATA_DIGEST, 0, 3), creds=creds)
     message = str(info.value)

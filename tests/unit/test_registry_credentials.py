@@ -58,21 +58,60 @@ def test_explicit_beats_config(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"auths": {"h:1": {"username": "x", "password": "y"}}})
     store = CredentialStore(per_host={"h:1": Credentials("flag", SECRET)}, docker_config=config)
     assert get(store, "h:1") == Credentials("flag", SECRET)
-    assert get(CredentialStore(default=Credentials("d", SECRET), docker_config=config),
-               "h:1") == Credentials("d", SECRET)
+    # Explicit credentials are for their host only: another host gets nothing from them.
+    other = CredentialStore(per_host={"h:2": Credentials("d", SECRET)}, docker_config=config)
+    assert get(other, "h:1") == Credentials("x", "y")
+    assert get(other, "h:3") is None
 
 
-def test_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
-    write_config(tmp_path, {"auths": {"h:2": {"username": "cfg", "password": SECRET}}})
+    for name in ("STARGZ_USERNAME", "STARGZ_PASSWORD", "STARGZ_REGISTRY"):
+        monkeypatch.delenv(name, raising=False)
+    return write_config(tmp_path, {"auths": {"h:2": {"username": "cfg", "password": "cfgpw"}}})
+
+
+def test_environment_is_for_stargz_registry_only(docker_config: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STARGZ_USERNAME", "envuser")
     monkeypatch.setenv("STARGZ_PASSWORD", SECRET)
-    assert get(CredentialStore.from_environment(), "h:2") == Credentials("envuser", SECRET)
-    monkeypatch.delenv("STARGZ_USERNAME")
+    monkeypatch.setenv("STARGZ_REGISTRY", "h:2")
+    store = CredentialStore.from_environment()
+    assert get(store, "h:2") == Credentials("envuser", SECRET)
+    assert get(store, "h:9") is None and get(store, "docker.io") is None
+    monkeypatch.setenv("STARGZ_REGISTRY", "https://index.docker.io/v1/")
+    assert get(CredentialStore.from_environment(), "registry-1.docker.io") == Credentials(
+        "envuser", SECRET)
+    assert get(CredentialStore.from_environment(), "h:2") == Credentials("cfg", "cfgpw")
     monkeypatch.delenv("STARGZ_PASSWORD")
-    assert get(CredentialStore.from_environment(), "h:2") == Credentials("cfg", SECRET)
-    with pytest.raises(ConfigError):
-        CredentialStore.from_environment(username="only-user")
+    with pytest.raises(ConfigError) as info:
+        CredentialStore.from_environment()
+    assert "STARGZ_PASSWORD" in str(info.value)
+
+
+def test_environment_without_registry_is_ignored_with_a_warning(
+        docker_config: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("STARGZ_USERNAME", "envuser")
+    monkeypatch.setenv("STARGZ_PASSWORD", SECRET)
+    store = CredentialStore.from_environment()
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "STARGZ_REGISTRY" in caplog.text and SECRET not in caplog.text
+    for host in ("h:1", "evil.example", "docker.io"):
+        assert get(store, host) is None
+    assert get(store, "h:2") == Credentials("cfg", "cfgpw")  # the Docker config still counts
+
+
+def test_flags_beat_environment_for_their_hosts(docker_config: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STARGZ_USERNAME", "envuser")
+    monkeypatch.setenv("STARGZ_PASSWORD", SECRET)
+    monkeypatch.setenv("STARGZ_REGISTRY", "h:2")
+    store = CredentialStore.from_environment({"h:2": Credentials("flag", "flagpw"),
+                                              "h:5": Credentials("flag", "flagpw")})
+    assert get(store, "h:2") == get(store, "h:5") == Credentials("flag", "flagpw")
+    assert get(store, "h:6") is None
 
 
 def test_cred_helpers_and_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,7 +152,7 @@ def test_bad_config(tmp_path: Path) -> None:
 
 def test_secrets_never_in_repr() -> None:
     creds = Credentials("alice", SECRET)
-    store = CredentialStore(per_host={"h": creds}, default=creds)
+    store = CredentialStore(per_host={"h": creds})
     for text in (repr(creds), str(creds), repr(store), f"{creds}", str([creds])):
         assert SECRET not in text
     assert "alice" in repr(creds)

@@ -96,10 +96,32 @@ def test_missing_ca_file_is_config_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("registry", "local"), [
     ("localhost", True), ("localhost:5000", True), ("127.0.0.1:5000", True),
     ("127.1.2.3", True), ("[::1]:5000", True), ("registry.example:5000", False),
-    ("10.0.0.1:5000", False), ("localhost.example", False),
+    ("10.0.0.1:5000", False), ("localhost.example", False), ("127.0.0.1.example:80", False),
 ])
 def test_plain_http_for_localhost_only_when_asked(registry: str, local: bool) -> None:
     assert is_localhost(registry) is local
     origin = HostsConfig.create(plain_http_localhost=True).endpoints(registry)[-1]
     assert origin.scheme == ("http" if local else "https")
     assert HostsConfig.create().endpoints(registry)[-1].scheme == "https"
+
+
+def test_plain_http_allowed_only_for_configured_hosts(tmp_path: Path) -> None:
+    write_hosts(tmp_path, "r.example", 'server = "http://r.example:5000"\n'
+                '[host."http://mirror.example"]\n[host."https://tls-mirror.example"]\n')
+    hosts = HostsConfig.create(tmp_path, insecure_hosts=["named.example:81"])
+    assert not hosts.plain_http_allowed("http://r.example:5000/v2/")  # not loaded yet
+    hosts.endpoints("r.example")
+    allowed = ["http://r.example:5000/v2/x", "http://MIRROR.example:80/v2/",
+               "http://named.example:81/token"]
+    refused = ["http://r.example/v2/", "http://r.example:5001/", "http://tls-mirror.example/",
+               "http://named.example/", "http://127.0.0.1:5000/", "http://evil.example:5000/"]
+    assert [hosts.plain_http_allowed(u) for u in allowed] == [True] * len(allowed)
+    assert [hosts.plain_http_allowed(u) for u in refused] == [False] * len(refused)
+    # A host that is no registry (a token realm) is plain HTTP by its own hosts.toml.
+    write_hosts(tmp_path, "realm.example:81", 'server = "http://realm.example:81"\n')
+    write_hosts(tmp_path, "tls-realm.example", 'server = "https://tls-realm.example"\n')
+    assert hosts.plain_http_allowed("http://realm.example:81/token")
+    assert not hosts.plain_http_allowed("http://tls-realm.example/token")
+    loopback = HostsConfig.create(plain_http_localhost=True)
+    assert loopback.plain_http_allowed("http://127.0.0.1:5000/")
+    assert not loopback.plain_http_allowed("http://127.0.0.1.example/")

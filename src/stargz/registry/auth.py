@@ -1,11 +1,17 @@
 """Registry authorization: parse WWW-Authenticate challenges, answer Basic ones with credentials
 and Bearer ones with tokens from the realm (OAuth2 POST as containerd does, GET as docker does),
-cached per host and scope set until they expire."""
+cached per host and scope set until they expire.
+
+Every secret used here is the challenged registry's own (looked up by its host); a token realm,
+even on another host, gets that registry's credentials (Docker Hub's realm is elsewhere, and
+containerd and docker do the same), but never over plain HTTP unless the realm's host is
+configured as plain HTTP: then the token is asked for anonymously."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 from collections.abc import Iterable
@@ -16,9 +22,11 @@ import httpx
 
 from stargz.errors import AuthError
 from stargz.registry.credentials import Credentials, CredentialStore
-from stargz.registry.hosts import Endpoint
+from stargz.registry.guard import cleartext_allowed
+from stargz.registry.hosts import Endpoint, HostsConfig
 from stargz.registry.retry import RetryableStatus, RetryPolicy, parse_retry_after
 
+log = logging.getLogger("stargz.registry")
 CLIENT_ID = "stargz"
 DEFAULT_TOKEN_LIFETIME = 60  # seconds, the distribution spec's default for expires_in
 _EXPIRY_MARGIN = 10.0
@@ -62,9 +70,12 @@ class _Token:
 class Authorizer:
     """What each host asked for and the tokens obtained; produces Authorization headers."""
 
-    def __init__(self, credentials: CredentialStore, retry: RetryPolicy) -> None:
+    def __init__(self, credentials: CredentialStore, retry: RetryPolicy,
+                 hosts: HostsConfig) -> None:
         self._credentials = credentials
         self._retry = retry
+        self._hosts = hosts
+        self._withheld: set[str] = set()  # realms warned about (plain HTTP, not configured)
         self._challenges: dict[str, Challenge] = {}
         self._tokens: dict[tuple[str, tuple[str, ...]], _Token] = {}
         # One token fetch per host and scope set at a time; the others wait and reuse it.
@@ -127,7 +138,7 @@ class Authorizer:
         if not realm or not realm.startswith(("http://", "https://")):
             raise AuthError(f"{endpoint.host} sent a bearer challenge without a usable realm")
         service = challenge.params.get("service", "")
-        creds = await self._credentials.get(endpoint.host)
+        creds = await self._token_credentials(endpoint, realm)
         what = f"token for {endpoint.host} from {realm}"
 
         async def fetch() -> httpx.Response:
@@ -140,12 +151,26 @@ class Authorizer:
         response = await self._retry.run(what, fetch)
         if response.status_code in (401, 403):
             who = "the configured credentials" if creds else "anonymous access"
+            if realm in self._withheld:
+                who += " (credentials withheld: the realm is plain HTTP)"
             raise AuthError(f"token service {realm} refused {who} for {endpoint.host} "
                             f"(HTTP {response.status_code})")
         if response.status_code != 200:
             raise AuthError(f"token service {realm} answered HTTP {response.status_code} "
                             f"for {endpoint.host}")
         return _parse_token(response.content, realm)
+
+    async def _token_credentials(self, endpoint: Endpoint, realm: str) -> Credentials | None:
+        """The challenged registry's credentials, unless the realm would get them in clear."""
+        creds = await self._credentials.get(endpoint.host)
+        if creds is None or cleartext_allowed(self._hosts, httpx.URL(realm)):
+            return creds
+        if realm not in self._withheld:
+            self._withheld.add(realm)
+            log.warning("not sending the credentials of %s to its token service %s: plain HTTP "
+                        "to a host not configured as plain HTTP; asking anonymously",
+                        endpoint.host, realm)
+        return None
 
 
 def _check_retryable(response: httpx.Response, realm: str) -> httpx.Response:

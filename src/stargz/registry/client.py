@@ -75,7 +75,8 @@ class RegistryClient:
                  transport: httpx.AsyncBaseTransport | None = None,
                  retry: RetryPolicy | None = None, parallel_ranges: int = 8) -> None:
         self.hosts = hosts or HostsConfig()
-        self._session = Session(credentials or CredentialStore(), retry or RetryPolicy(), transport)
+        self._session = Session(credentials or CredentialStore(), retry or RetryPolicy(),
+                                self.hosts, transport)
         self._redirects: dict[tuple[str, str, str], str] = {}
         self._no_multirange: set[str] = set()
         self._range_slots = asyncio.Semaphore(parallel_ranges)

@@ -1,5 +1,7 @@
-"""Registry credentials: explicit ones, STARGZ_USERNAME/STARGZ_PASSWORD, and the Docker config
-(``auths``, ``credHelpers``, ``credsStore``). Secrets never reach reprs, logs or error messages.
+"""Registry credentials, each tied to the registry host it was given for: explicit ones (flags),
+STARGZ_USERNAME/STARGZ_PASSWORD for the one host in STARGZ_REGISTRY, and the Docker config
+(``auths``, ``credHelpers``, ``credsStore``). There is no credential for "any host": a registry
+never receives another registry's secret. Secrets never reach reprs, logs or error messages.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ import asyncio
 import base64
 import binascii
 import json
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +26,8 @@ DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
 _HUB_HOSTS = {DOCKER_HUB, "index.docker.io", "registry-1.docker.io"}
 _IDENTITY_TOKEN_USER = "<token>"
 HELPER_TIMEOUT = 30.0
+ENV_USERNAME, ENV_PASSWORD, ENV_REGISTRY = "STARGZ_USERNAME", "STARGZ_PASSWORD", "STARGZ_REGISTRY"
+log = logging.getLogger("stargz.registry")
 
 
 @dataclass(frozen=True)
@@ -56,14 +61,12 @@ def docker_config_path() -> Path:
 
 
 class CredentialStore:
-    """Looks credentials up per registry host, in order: explicit per host, explicit default
-    (flags/env), then the Docker config file (helpers before inline ``auths``, as docker does)."""
+    """Looks credentials up per registry host, in order: explicit ones for that host (flags,
+    environment), then the Docker config file (helpers before inline ``auths``, as docker does)."""
 
     def __init__(self, per_host: Mapping[str, Credentials] | None = None,
-                 default: Credentials | None = None,
                  docker_config: Path | None = None) -> None:
         self._per_host = {normalize_host(h): c for h, c in (per_host or {}).items()}
-        self._default = default
         self._docker_config = docker_config
         self._found: dict[str, Credentials | None] = {}
 
@@ -75,23 +78,19 @@ class CredentialStore:
         return cls()
 
     @classmethod
-    def from_environment(cls, username: str | None = None,
-                         password: str | None = None) -> CredentialStore:
-        """Flags first, then STARGZ_USERNAME/STARGZ_PASSWORD, then the Docker config file."""
-        username = username or os.environ.get("STARGZ_USERNAME")
-        password = password or os.environ.get("STARGZ_PASSWORD")
-        if bool(username) != bool(password):
-            raise ConfigError("a registry username needs a password and the other way round")
-        default = Credentials(username, password) if username and password else None
-        return cls(default=default, docker_config=docker_config_path())
+    def from_environment(cls, explicit: Mapping[str, Credentials] | None = None
+                         ) -> CredentialStore:
+        """``explicit`` (per host, from flags) first, then STARGZ_USERNAME/STARGZ_PASSWORD for
+        the host in STARGZ_REGISTRY, then the Docker config file."""
+        per_host = dict(environment_credentials())
+        per_host.update({normalize_host(h): c for h, c in (explicit or {}).items()})
+        return cls(per_host, docker_config=docker_config_path())
 
     async def get(self, host: str) -> Credentials | None:
         """Credentials for ``host`` (host[:port]) or None for anonymous access."""
         host = normalize_host(host)
         if host in self._per_host:
             return self._per_host[host]
-        if self._default is not None:
-            return self._default
         if host not in self._found:
             self._found[host] = await self._from_docker_config(host)
         return self._found[host]
@@ -107,6 +106,26 @@ class CredentialStore:
             if found is not None:
                 return found
         return _from_auths(config.get("auths") or {}, host, self._docker_config)
+
+
+def environment_credentials() -> dict[str, Credentials]:
+    """STARGZ_USERNAME/STARGZ_PASSWORD, for the one host named by STARGZ_REGISTRY. Without it
+    they are ignored (a WARNING says so): a registry an image names must not receive them."""
+    username = os.environ.get(ENV_USERNAME)
+    password = os.environ.get(ENV_PASSWORD)
+    registry = os.environ.get(ENV_REGISTRY, "").strip()
+    if not (username or password):
+        return {}
+    if not registry:
+        log.warning("%s/%s are ignored: set %s to the registry host they are for",
+                    ENV_USERNAME, ENV_PASSWORD, ENV_REGISTRY)
+        return {}
+    if not (username and password):
+        raise ConfigError(f"{ENV_USERNAME} needs {ENV_PASSWORD} and the other way round")
+    host = normalize_host(registry)
+    if not host or any(c in host for c in "/@ "):
+        raise ConfigError(f"{ENV_REGISTRY} must be a registry host[:port], not {registry!r}")
+    return {host: Credentials(username, password)}
 
 
 def _load_config(path: Path | None) -> dict[str, Any] | None:

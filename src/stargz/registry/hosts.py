@@ -19,6 +19,7 @@ Mirrors are tried in file order, then the origin.
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -105,6 +106,22 @@ class HostsConfig:
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
             raise ConfigError(f"can not read hosts file {path}: {err}") from None
         return parse_hosts_toml(data, origin, path)
+
+    def plain_http_allowed(self, url: str) -> bool:
+        """Whether the host of ``url`` is configured as plain HTTP: named insecure, on loopback
+        when loopback is plain, or an ``http://`` endpoint in the hosts directory (of a
+        registry loaded so far, or the host's own ``hosts.toml``: a token realm's, say)."""
+        netloc = urlsplit(url).netloc
+        if self.plain_http_localhost and is_localhost(netloc):
+            return True
+        target = _http_host_port(netloc)
+        named = {_http_host_port(registry_endpoint_host(h)) for h in self.insecure_hosts}
+        if target in named | {_http_host_port(h) for h in self.insecure_hosts}:
+            return True
+        if netloc not in self._cache and self._hosts_file(netloc) is not None:
+            self._cache[netloc] = self._load(netloc)
+        return any(ep.scheme == "http" and _http_host_port(ep.host) == target
+                   for endpoints in self._cache.values() for ep in endpoints)
 
     def _hosts_file(self, registry: str) -> Path | None:
         if self.config_dir is None:
@@ -199,8 +216,23 @@ def _headers(settings: Mapping[str, Any], source: Path) -> tuple[tuple[str, str]
     return tuple(pairs)
 
 
+def _http_host_port(netloc: str) -> tuple[str, int]:
+    """``h`` and ``h:80`` are one plain-HTTP host; names compare case-insensitively."""
+    parts = urlsplit(f"http://{netloc}")
+    try:
+        port = parts.port or 80
+    except ValueError:
+        port = -1  # a malformed port matches nothing configured
+    return (parts.hostname or "", port)
+
+
 def is_localhost(registry: str) -> bool:
-    """``localhost``, ``127.x.y.z`` or ``[::1]``, with or without a port."""
-    host = registry.rsplit(":", 1)[0] if not registry.endswith("]") else registry
-    host = host.strip("[]")
-    return host == "localhost" or host.startswith("127.") or host == "::1"
+    """``localhost``, ``127.x.y.z`` or ``[::1]``, with or without a port (not a name that merely
+    starts like one, such as ``127.0.0.1.example``)."""
+    host = urlsplit(f"http://{registry}").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

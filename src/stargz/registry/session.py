@@ -15,7 +15,8 @@ import httpx
 from stargz.errors import AuthError, NotFoundError, RegistryError, StargzError
 from stargz.registry.auth import Authorizer
 from stargz.registry.credentials import CredentialStore
-from stargz.registry.hosts import Endpoint
+from stargz.registry.guard import SENSITIVE_HEADERS, refuse_cleartext_credentials, same_origin
+from stargz.registry.hosts import Endpoint, HostsConfig
 from stargz.registry.retry import RETRYABLE_STATUS, RetryableStatus, RetryPolicy, parse_retry_after
 
 log = logging.getLogger("stargz.registry")
@@ -28,10 +29,11 @@ USER_AGENT = "stargz/0.1"
 class Session:
     """HTTP clients (one per TLS setting) and the authorizer they share."""
 
-    def __init__(self, credentials: CredentialStore, retry: RetryPolicy,
+    def __init__(self, credentials: CredentialStore, retry: RetryPolicy, hosts: HostsConfig,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.retry = retry
-        self.authorizer = Authorizer(credentials, retry)
+        self.authorizer = Authorizer(credentials, retry, hosts)
+        self._hooks = {"request": [refuse_cleartext_credentials(hosts)]}
         self._transport = transport
         self._clients: dict[object, httpx.AsyncClient] = {}
 
@@ -47,10 +49,10 @@ class Session:
             headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
             if self._transport is not None:
                 client = httpx.AsyncClient(transport=self._transport, timeout=timeout,
-                                           headers=headers)
+                                           headers=headers, event_hooks=self._hooks)
             else:
                 client = httpx.AsyncClient(verify=endpoint.ssl_context(), timeout=timeout,
-                                           headers=headers)
+                                           headers=headers, event_hooks=self._hooks)
             self._clients[key] = client
         return client
 
@@ -69,29 +71,28 @@ class Session:
         all_headers = dict(endpoint.headers)
         all_headers.update(headers or {})
         auth = await self.authorizer.header(client, endpoint, scopes) if authorize else None
-        response = await self._send_following(client, method, url, all_headers, auth,
+        response = await self._send_following(client, endpoint, method, url, all_headers, auth,
                                               content, stream)
-        if response.status_code == 401 and authorize:
+        # Only the registry's own 401 is a challenge: one from a storage URL it redirected to
+        # must not steer where the registry's credentials go.
+        if (response.status_code == 401 and authorize
+                and same_origin(response.url, endpoint)):
             await response.aclose()
             auth = await self.authorizer.on_unauthorized(client, endpoint, scopes, response,
                                                          auth)
-            response = await self._send_following(client, method, url, all_headers, auth,
-                                                  content, stream)
+            response = await self._send_following(client, endpoint, method, url, all_headers,
+                                                  auth, content, stream)
         if response.status_code in RETRYABLE_STATUS:
             await response.aclose()
             raise RetryableStatus(response.status_code, _strip_query(str(response.url)),
                                   parse_retry_after(response.headers.get("retry-after")))
         return response
 
-    async def _send_following(self, client: httpx.AsyncClient, method: str, url: str,
-                              headers: dict[str, str], auth: str | None,
+    async def _send_following(self, client: httpx.AsyncClient, endpoint: Endpoint,
+                              method: str, url: str, headers: dict[str, str], auth: str | None,
                               content: Body, stream: bool) -> httpx.Response:
-        origin = httpx.URL(url)
         for _ in range(MAX_REDIRECTS + 1):
-            request_headers = dict(headers)
-            # Credentials go only to the registry itself, never to a storage URL it redirects to.
-            if auth and httpx.URL(url).netloc == origin.netloc:
-                request_headers["Authorization"] = auth
+            request_headers = _headers_for(httpx.URL(url), endpoint, headers, auth)
             body = content() if callable(content) else content
             request = client.build_request(method, url, headers=request_headers, content=body)
             log.debug("%s %s", method, _strip_query(url))
@@ -105,10 +106,22 @@ class Session:
                 raise RegistryError(f"redirect without a Location from {_strip_query(url)}")
             url = str(response.url.join(location))
         else:
-            raise RegistryError(f"too many redirects from {_strip_query(str(origin))}")
+            raise RegistryError(f"too many redirects from {_strip_query(url)}")
         if not stream:
             await response.aread()
         return response
+
+
+def _headers_for(url: httpx.URL, endpoint: Endpoint, headers: dict[str, str],
+                 auth: str | None) -> dict[str, str]:
+    """Credentials go only to the registry endpoint itself (scheme, host and port): never to
+    a storage URL or upload location elsewhere, never over a downgrade to plain HTTP."""
+    if not same_origin(url, endpoint):
+        return {k: v for k, v in headers.items() if k.lower() not in SENSITIVE_HEADERS}
+    found = dict(headers)
+    if auth:
+        found["Authorization"] = auth
+    return found
 
 
 def _strip_query(url: str) -> str:
