@@ -14,6 +14,7 @@ import sys
 from datetime import datetime
 
 from stargz.errors import ConfigError
+from stargz.printable import PrintableFormatter
 
 LEVELS: dict[str, int] = {
     "trace": logging.DEBUG,
@@ -38,7 +39,7 @@ def level_name(name: str) -> str:
     return lowered
 
 
-class _Formatter(logging.Formatter):
+class _Formatter(PrintableFormatter):  # names in messages may come from an image: escaped
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return datetime.fromtimestamp(record.created).astimezone().isoformat(
             timespec="milliseconds")

@@ -110,3 +110,18 @@ def test_helpers_escape_every_kind_of_control_character() -> None:
     wide = '{"name": "\U000e0001 \x9b"}'
     assert printable_json(wide) == '{"name": "\\udb40\\udc01 \\u009b"}'
     assert json.loads(printable_json(wide)) == json.loads(wide)
+
+
+def test_error_lines_and_log_lines_carry_no_raw_control_characters(tmp_path: Path) -> None:
+    missing = tmp_path / "no\x1b[2Jsuch\rblob"
+    done = run_process("blob", "ls", missing)
+    assert done.returncode == 1
+    assert control_bytes(done.stderr) == [] and done.stderr.count(b"\n") == 1, done.stderr
+    assert b"no\\x1b[2Jsuch blob" in done.stderr  # whitespace folded: one line
+    logged = subprocess.run(
+        [sys.executable, "-c", "import logging, sys\nfrom stargz import logs\n"
+         "logs.configure('info')\nlogging.getLogger('stargz.layer').error("
+         "'layer %s: read of %s failed', 'sha256:ab', sys.argv[1])", "evil\x1b[31m\n\r\x9b\u202e"],
+        capture_output=True, check=True)
+    assert control_bytes(logged.stderr) == [] and logged.stderr.count(b"\n") == 1
+    assert logged.stderr.endswith(b"read of evil\\x1b[31m\\n\\r\\x9b\\u202e failed\n")

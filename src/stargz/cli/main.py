@@ -19,6 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 from stargz import logs
 from stargz.cli import blob, convert, inspect, mount, rpull, snapshotter
 from stargz.errors import ConfigError, StargzError
+from stargz.printable import printable
 
 PROG = "stargz"
 EXIT_ERROR = 1
@@ -81,7 +82,7 @@ def _one_line(err: BaseException) -> str:
         text = f"{err.strerror}{where}"
     else:
         text = str(err) or type(err).__name__
-    return " ".join(text.split())
+    return printable(" ".join(text.split()))  # names in it may come from an image
 
 
 def _report(err: BaseException, debug: bool) -> None:
