@@ -19,6 +19,7 @@ from stargz.cli.registry_opts import add_registry_options, registry_client
 from stargz.config import Config, load_config
 from stargz.errors import InvalidArgumentError, RuntimeIntegrationError, StargzError
 from stargz.imagemount import DEFAULT_STATE_ROOT
+from stargz.printable import printable
 from stargz.registry.manifest import Platform
 from stargz.registry.reference import Reference
 
@@ -160,7 +161,7 @@ def _daemon(args: argparse.Namespace, request: MountRequest, pipe: int) -> int:
         return 0
     except (StargzError, OSError) as err:
         if reported:  # stderr is the log by now
-            print(f"stargz: error: {err}", file=sys.stderr)
+            print(f"stargz: error: {printable(str(err))}", file=sys.stderr)
         else:  # `stargz mount` prints it
             os.write(pipe, f"{' '.join(str(err).split())}\n".encode())
         return 1
