@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
 
-from stargz import logs
+from stargz import logs, trace
 from stargz.config import read_toml
 from stargz.errors import ConfigError, RuntimeIntegrationError, StargzError
 from stargz.snapshotter.api import snapshots_pb2_grpc
@@ -76,17 +78,21 @@ def _log_level(name: str) -> str:
 
 async def serve(config: SnapshotterConfig, remote: RemoteLayers | None = None) -> None:
     """Serve until SIGTERM/SIGINT. ``remote`` is the lazy-layer hook (None: always fall back)."""
-    snapshotter = Snapshotter(config.root, remote)
+    with trace.span("startup_metadata"):
+        snapshotter = Snapshotter(config.root, remote)
     try:
-        await snapshotter.restore_remote()
+        with trace.span("startup_restore"):
+            await snapshotter.restore_remote()
         server = grpc.aio.server()
         servicer = SnapshotsService(snapshotter)
         # the generated registration function carries no annotations
         snapshots_pb2_grpc.add_SnapshotsServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
         _claim_socket(config.address)
         try:
-            _listen(server, config.address)
-            await server.start()
+            with trace.span("startup_grpc"):
+                _listen(server, config.address)
+                await server.start()
+            trace.event("startup_socket_ready")
             log.info("serving containerd snapshots on %s (root %s)", config.address, config.root)
             await _wait_for_signal()
             log.info("shutting down")
@@ -102,7 +108,7 @@ async def serve(config: SnapshotterConfig, remote: RemoteLayers | None = None) -
 
 def _claim_socket(address: Path) -> None:
     """Make way for our socket: remove a stale one, refuse one a live daemon answers on."""
-    address.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+    _make_private_dirs(address.parent)
     if address.is_socket():
         with socket.socket(socket.AF_UNIX) as probe:
             try:
@@ -115,11 +121,31 @@ def _claim_socket(address: Path) -> None:
         raise ConfigError(f"socket path {address} exists and is not a socket")
 
 
+def _make_private_dirs(directory: Path) -> None:
+    """``directory`` and its missing parents, 0700 whatever the umask (as the reference makes
+    its socket's); existing ones are the admin's and left as they are."""
+    missing = [path for path in (directory, *directory.parents) if not path.exists()]
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another daemon starting beside us
+            path.mkdir(mode=0o700)
+            os.chmod(path, 0o700)  # the umask may have cut the owner's bits
+
+
 def _listen(server: grpc.aio.Server, address: Path) -> None:
+    """Listen on ``address``, a socket only root can connect to: whoever reaches it runs
+    mounts as root. gRPC binds with the umask's mode (0777 at umask 000), so the socket is
+    bound in a fresh 0700 directory, made 0600 there, then renamed into place."""
+    private = Path(tempfile.mkdtemp(prefix=".bind-", dir=address.parent))
+    staged = private / "s"
     try:
-        server.add_insecure_port(f"unix://{address}")
-    except RuntimeError as err:
+        server.add_insecure_port(f"unix://{staged}")
+        os.chmod(staged, 0o600)
+        os.replace(staged, address)
+    except (RuntimeError, OSError) as err:
         raise RuntimeIntegrationError(f"can not listen on {address}: {err}") from None
+    finally:
+        staged.unlink(missing_ok=True)
+        private.rmdir()
 
 
 async def _wait_for_signal() -> None:
@@ -151,6 +177,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", type=Path, help=f"unix socket (default {DEFAULT_ADDRESS})")
     parser.add_argument("--root", type=Path, help=f"state directory (default {DEFAULT_ROOT})")
     parser.add_argument("--log-level", help=f"{logs.LEVEL_NAMES} (default info)")
+    parser.add_argument("--trace", action="store_true",
+                        help="log where the time goes (stargz.trace lines), whatever the level")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,7 +208,10 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         logs.configure(config.log_level)  # httpx's line per request only at debug and trace
-        from stargz.snapshotter.lazy import load_lazy  # imported late: it loads pyfuse3
+        if getattr(args, "trace", False):
+            trace.enable()
+        with trace.span("startup_import_lazy"):
+            from stargz.snapshotter.lazy import load_lazy  # imported late: it loads pyfuse3
 
         run(config, load_lazy(args.config, config.root))
     except StargzError as err:
