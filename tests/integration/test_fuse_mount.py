@@ -193,7 +193,8 @@ def test_metrics_exporter_and_read_ahead(server: Server, layers: dict[str, Built
     text = httpx.get(server.metrics_url).text  # type: ignore[attr-defined]
     assert f'stargz_fs_operations_total{{layer="{digest}",op="lookup"}}' in text
     assert f'stargz_fs_fetched_bytes_total{{kind="on_demand",layer="{digest}"}}' in text
-    assert "stargz_fs_read_seconds_bucket" in text
+    assert ('stargz_fs_operation_duration_microseconds_bucket{'
+            f'layer="{digest}",le="1024.0",operation_type="read_on_demand"}}') in text
     dev = os.stat(server.mountpoint).st_dev
     knob = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
     assert knob.read_text().strip() == "1024"

@@ -197,15 +197,19 @@ def test_metrics_report_layer_stats(tmp_path: Path) -> None:
     core = FSCore()
     view = lower.view()
     name = core.add_layer(view)
-    metrics = FSMetrics(core.layers)
+    metrics = FSMetrics(core.named_layers)
     asyncio.run(core.read(core.check_open(resolve(core, f"{name}/a/x").ino), 0, 100))
     registry = metrics.registry
     labels = {"layer": view.digest, "kind": "on_demand"}
     fetched = registry.get_sample_value("stargz_fs_fetched_bytes_total", labels)
     assert fetched == view.stats().fetched_size > 0
     assert registry.get_sample_value("stargz_fs_cache_misses_total", {"layer": view.digest}) == 1
+    assert registry.get_sample_value(  # the reference's name and labels
+        "stargz_fs_layer_size_bytes", {"digest": view.digest, "mountpoint": name},
+    ) == lower.blob.stat().st_size
     assert registry.get_sample_value(
-        "stargz_fs_layer_size_bytes", {"layer": view.digest}) == lower.blob.stat().st_size
+        "stargz_fs_bytes_served", {"operation_type": "on_demand_bytes_fetched",
+                                   "layer": view.digest}) == fetched
     assert core.statfs().files >= 9
 
 
@@ -227,7 +231,7 @@ def test_core_serves_a_real_lazy_layer(tmp_path: Path) -> None:
         state = json.loads(await core.read(
             resolve(core, f"{low}/.stargz-snapshotter/{low}.json"), 0, 4096))
         assert state["digest"] == low and state["fetchedSize"] > 0
-        metrics = FSMetrics(core.layers)
+        metrics = FSMetrics(core.named_layers)
         on_demand = metrics.registry.get_sample_value(
             "stargz_fs_fetched_bytes_total", {"layer": low, "kind": "on_demand"})
         assert on_demand is not None and on_demand > 0

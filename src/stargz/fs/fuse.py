@@ -159,11 +159,13 @@ class StargzOperations(pyfuse3.Operations):
         self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
     ) -> None:
         async def run() -> None:
+            started = time.perf_counter()
             listing = self._listing_of(fh)
             for index in range(start_id, len(listing)):
                 name, attr = listing[index]
                 if not pyfuse3.readdir_reply(token, name, attr, index + 1):
                     break
+            self.metrics.readdir_done(self._label(fh), time.perf_counter() - started)
 
         await self._call("readdir", fh, run)
 
@@ -192,9 +194,7 @@ class StargzOperations(pyfuse3.Operations):
                 raise OSError(errno.EBADF, f"no open file handle {fh}")
             started = time.perf_counter()
             data = await self.core.read(node, off, size)
-            label = self._label(ino)
-            self.metrics.read_seconds.labels(label).observe(time.perf_counter() - started)
-            self.metrics.read_bytes.labels(label).inc(len(data))
+            self.metrics.read_done(self._label(ino), time.perf_counter() - started, len(data))
             return data
 
         return await self._call("read", ino, run)

@@ -49,10 +49,13 @@ class LazyFS:
         self.options = MOUNT_OPTIONS + (
             UNSAFE_OPTIONS if allow_setuid_and_devices else SAFE_OPTIONS)
         self.core = FSCore(uid=os.getuid(), gid=os.getgid())
-        self.metrics = FSMetrics(self.core.layers)
+        self.metrics = FSMetrics(self._layer_directories)
         self.operations = StargzOperations(self.core, self.metrics)
         self._metrics_address = metrics_address
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _layer_directories(self) -> list[tuple[str, LayerView]]:
+        return [(str(self.mountpoint / name), view) for name, view in self.core.named_layers()]
 
     def add_layer(self, view: LayerView, name: str | None = None) -> Path:
         """Serve ``view``; returns its directory (usable at once if the mount is up)."""

@@ -164,6 +164,11 @@ class FSCore:
         with self._lock:
             return [slot.view for slot in self._layers.values()]
 
+    def named_layers(self) -> list[tuple[str, LayerView]]:
+        """(directory name, layer) of every layer served."""
+        with self._lock:
+            return [(name, slot.view) for name, slot in self._layers.items()]
+
     # -- operations -----------------------------------------------------------------------
 
     def node(self, ino: int) -> Node:

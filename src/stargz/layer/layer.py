@@ -12,6 +12,7 @@ import logging
 from collections.abc import Coroutine, Iterable
 from typing import Any
 
+from stargz import opmetrics
 from stargz.cache import ChunkCache
 from stargz.config import Config
 from stargz.errors import (
@@ -83,8 +84,8 @@ class Layer:
         """Read footer and TOC, verify the TOC digest; no prefetch (see ``layer.mount``)."""
         stats = LayerStats(size=fetcher.size)
         blob = await open_verified(
-            fetcher, toc_digest, config.blob.fetch_timeout_sec, stats, skip_verification_reason
-        )
+            fetcher, toc_digest, config.blob.fetch_timeout_sec, stats, skip_verification_reason,
+            digest=digest)
         return cls(digest, blob, fetcher, cache, config, stats, scheduler)
 
     @property
@@ -354,7 +355,8 @@ class Layer:
         chunks = [c for c in self.all_chunks if c.compressed_offset < end]
         try:
             with span("prefetch", layer=self._digest, chunks=len(chunks), end=end) as traced, \
-                    self.scheduler.prioritized():
+                    self.scheduler.prioritized(), \
+                    opmetrics.timed(opmetrics.PREFETCH_TOTAL, self._digest):
                 failures = await self._fetch_groups(chunks, "prefetch")
                 traced.set(bytes=self._stats.fetched_prefetch, failures=failures)
             self._stats.prefetch_complete = failures == 0
@@ -365,7 +367,8 @@ class Layer:
 
     async def _fetch_rest(self) -> None:
         """Fetch every chunk not yet cached, through the scheduler (see _fetch_in_background)."""
-        with span("background", layer=self._digest) as traced:
+        with span("background", layer=self._digest) as traced, \
+                opmetrics.timed(opmetrics.BACKGROUND_FETCH_TOTAL, self._digest):
             failures = await self._fetch_groups(self.all_chunks, "background")
             traced.set(bytes=self._stats.fetched_background, failures=failures)
         self._stats.background_complete = failures == 0 and not self._background_off
@@ -437,10 +440,11 @@ async def mount(
 ) -> Layer:
     """Open a layer, start its prefetch and background fetch, and wait for the prefetch up to
     ``prefetch_timeout_sec`` (reads still work while it runs)."""
-    layer = await Layer.open(fetcher, digest, toc_digest, cache, config, skip_verification_reason,
-                             scheduler)
-    layer.start()
-    await layer.wait_prefetch()
+    with opmetrics.timed(opmetrics.MOUNT, digest):
+        layer = await Layer.open(fetcher, digest, toc_digest, cache, config,
+                                 skip_verification_reason, scheduler)
+        layer.start()
+        await layer.wait_prefetch()
     return layer
 
 

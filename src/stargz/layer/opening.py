@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from stargz import opmetrics
 from stargz.errors import FormatError, InvalidArgumentError
 from stargz.estargz.footer import parse_footer
 from stargz.estargz.reader import TAIL_READ, VerifiedBlob, open_blob
@@ -36,13 +37,21 @@ class TailSource:
 
 
 async def fetch_tail(
-    fetcher: BlobFetcher, timeout: float, stats: LayerStats
+    fetcher: BlobFetcher, timeout: float, stats: LayerStats, digest: str = ""
 ) -> TailSource:
     """Fetch the footer and TOC: the last TAIL_READ bytes, then whatever of the TOC is
-    before them."""
+    before them. ``digest`` labels the timings (stargz_footer_get, stargz_toc_get)."""
+    with opmetrics.timed(opmetrics.STARGZ_TOC_GET, digest):
+        return await _fetch_tail(fetcher, timeout, stats, digest)
+
+
+async def _fetch_tail(
+    fetcher: BlobFetcher, timeout: float, stats: LayerStats, digest: str
+) -> TailSource:
     size = fetcher.size
     tail_start = max(0, size - TAIL_READ)
-    (tail,) = await fetch_checked(fetcher, [(tail_start, size)], timeout)
+    with opmetrics.timed(opmetrics.STARGZ_FOOTER_GET, digest):
+        (tail,) = await fetch_checked(fetcher, [(tail_start, size)], timeout)
     stats.count_fetch("metadata", size - tail_start)
     footer = parse_footer(tail)
     toc_start, _ = footer.toc_range(size)
@@ -63,14 +72,16 @@ async def open_verified(
     timeout: float,
     stats: LayerStats,
     skip_verification_reason: str | None = None,
+    digest: str = "",
 ) -> VerifiedBlob:
     """Open the blob and check its TOC against the layer's TOC digest (TOCDigestMismatch).
 
     Without a TOC digest the caller must say why verification is skipped; it is logged."""
     if toc_digest is None and not skip_verification_reason:
         raise InvalidArgumentError("a layer needs its TOC digest, or an explicit reason to skip")
-    source = await fetch_tail(fetcher, timeout, stats)
-    unverified = await asyncio.to_thread(open_blob, source)
+    source = await fetch_tail(fetcher, timeout, stats, digest)
+    with opmetrics.timed(opmetrics.DESERIALIZE_TOC_JSON, digest):
+        unverified = await asyncio.to_thread(open_blob, source)
     if toc_digest is None:
         assert skip_verification_reason is not None
         return unverified.skip_verification(skip_verification_reason)

@@ -8,6 +8,7 @@ from stargz.cache import ChunkCache
 from stargz.config import Config
 from stargz.layer.layer import Layer, mount
 from stargz.layer.scheduler import BackgroundScheduler
+from stargz.opmetrics import STARGZ_HEADER_GET, timed
 from stargz.registry.client import RegistryClient
 from stargz.registry.reference import Reference
 from stargz.remote.fetcher import FileBlobFetcher, RegistryBlobFetcher
@@ -26,7 +27,8 @@ async def mount_from_registry(
 ) -> Layer:
     """Mount layer ``digest`` of ``repo_ref`` lazily (size from the manifest, else a HEAD)."""
     if size is None:
-        size = await client.head_blob(repo_ref, digest)
+        with timed(STARGZ_HEADER_GET, digest):
+            size = await client.head_blob(repo_ref, digest)
     fetcher = RegistryBlobFetcher(client, repo_ref, digest, size)
     return await mount(fetcher, digest, toc_digest, cache, config, skip_verification_reason,
                        scheduler)

@@ -20,6 +20,7 @@ class LayerStats:
     fetched_prefetch: int = 0
     fetched_background: int = 0
     requests: int = 0
+    fetches: dict[str, int] = field(default_factory=dict)  # requests by kind (FetchKind)
     # Chunks an on-demand read looked up itself: found verified in a cache, or fetched. A read
     # that joins a fetch already running (another read's, the prefetch's) counts in neither.
     cache_hits: int = 0
@@ -40,6 +41,7 @@ class LayerStats:
 
     def count_fetch(self, kind: FetchKind, nbytes: int) -> None:
         self.requests += 1
+        self.fetches[kind] = self.fetches.get(kind, 0) + 1
         name = f"fetched_{kind}"
         setattr(self, name, getattr(self, name) + nbytes)
 

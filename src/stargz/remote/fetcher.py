@@ -10,6 +10,7 @@ from typing import Protocol, runtime_checkable
 
 from stargz.config import BlobConfig
 from stargz.errors import RangeError, StargzError, TransportError
+from stargz.opmetrics import REMOTE_REGISTRY_GET, timed
 from stargz.registry.reference import Reference
 from stargz.registry.retry import RetryPolicy
 from stargz.remote.regions import Range
@@ -62,7 +63,8 @@ class RegistryBlobFetcher:
     async def fetch(self, ranges: list[Range]) -> list[bytes]:
         with span("range_request", blob=self._digest, ranges=len(ranges),
                   start=ranges[0][0] if ranges else None,
-                  bytes=sum(end - start for start, end in ranges)):
+                  bytes=sum(end - start for start, end in ranges)), \
+                timed(REMOTE_REGISTRY_GET, self._digest):
             data = await self._client.read_blob_ranges(self._ref, self._digest, ranges)
         return check_answer(ranges, data)
 
