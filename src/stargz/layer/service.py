@@ -1,0 +1,335 @@
+"""The layer service: every lazily pulled layer of a process, resolved once, shared, evicted.
+
+    async with LayerService(config, registry) as service:
+        service.resolve_soon(repo, other_digest)                  # the image's other layers
+        layer = await service.acquire(repo, digest, toc_digest)   # verified; prefetch waited for
+        ...
+        await service.release(digest)
+
+One per process, behind every front end (the snapshotter, ``stargz mount``, the podman store):
+
+- a blob is resolved once (its size, footer and TOC: one or two range requests, the TOC parsed):
+  concurrent acquires and pre-resolutions share that work, and a failed resolution is forgotten
+  so that the next caller tries again;
+- it is verified once per TOC digest, and gives one :class:`Layer` while anyone holds it (use
+  counts). When the last user releases it, its fetches stop and its resolution (the verified TOC)
+  stays in an LRU of ``resolve_result_entry`` unused blobs, each kept at most
+  ``resolve_result_entry_ttl_sec``, so a quick re-acquire fetches nothing;
+- ``acquire`` waits for the layer's prefetch up to ``prefetch_timeout_sec`` (the reference's
+  Check before a layer is used);
+- it owns the chunk caches, the process's background scheduler, and the registry client when it
+  made it. Resolving is prioritized work for the scheduler, as in the reference.
+
+Async plumbing is anyio's: work shared between callers runs in the service's task group, so a
+caller that gives up (cancelled) does not cancel it for the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Generic, TypeVar
+
+import anyio
+import anyio.abc
+
+from stargz.cache import ChunkCache, write_behind_cache
+from stargz.config import Config
+from stargz.errors import InvalidArgumentError, StargzError, TOCDigestMismatch, TransportError
+from stargz.estargz.reader import UnverifiedBlob, VerifiedBlob, open_blob
+from stargz.layer.layer import Layer
+from stargz.layer.opening import fetch_tail
+from stargz.layer.scheduler import BackgroundScheduler
+from stargz.layer.stats import LayerStats
+from stargz.registry.client import RegistryClient
+from stargz.registry.reference import Reference
+from stargz.remote.fetcher import BlobFetcher, RegistryBlobFetcher
+from stargz.trace import span
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+K = TypeVar("K", str, tuple[str, str])
+OpenFetcher = Callable[[Reference, str, "int | None"], Awaitable[BlobFetcher]]
+
+
+@dataclass(eq=False)
+class Resolution:
+    """A blob resolved: how to fetch it, its TOC (verified once asked with its digest), and
+    the layer made of it while anyone uses it."""
+
+    digest: str
+    fetcher: BlobFetcher
+    stats: LayerStats
+    unverified: UnverifiedBlob | None  # dropped once verified (the raw TOC JSON is big)
+    toc_digest: str
+    verified: VerifiedBlob | None = None
+    layer: Layer | None = None
+    uses: int = 0
+    released_at: float = 0.0  # time.monotonic() when it became unused
+
+
+class _Shared(Generic[T]):
+    """A result one task computes for everyone who asks while it runs."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.value: T | None = None
+        self.error: StargzError | None = None
+
+    async def result(self) -> T:
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.value is not None
+        return self.value
+
+
+class LayerService:
+    """Lazily pulled layers by blob digest; see the module docstring."""
+
+    def __init__(self, config: Config, registry: RegistryClient | None = None, *,
+                 cache: ChunkCache | None = None, open_fetcher: OpenFetcher | None = None,
+                 owns_registry: bool = False) -> None:
+        """``registry`` reads blobs unless ``open_fetcher`` says where they come from; it is
+        closed with the service when ``owns_registry``. ``cache`` defaults to the config's
+        (memory, plus disk written behind the readers)."""
+        if registry is None and open_fetcher is None:
+            raise InvalidArgumentError("a layer service needs a registry client or open_fetcher")
+        self.config = config
+        self.registry = registry
+        self._owns_cache = cache is None
+        self.cache: ChunkCache = cache if cache is not None else write_behind_cache(config.cache)
+        self.scheduler = BackgroundScheduler(config.background_quiet_sec, config.max_concurrency)
+        self._open_fetcher = open_fetcher or self._registry_fetcher
+        self._owns_registry = owns_registry
+        self._resolving: dict[str, _Shared[Resolution]] = {}
+        self._verifying: dict[tuple[str, str], _Shared[VerifiedBlob]] = {}
+        self._resolved: dict[str, Resolution] = {}
+        self._unused: OrderedDict[str, None] = OrderedDict()  # resolved, no user; oldest first
+        self._group: anyio.abc.TaskGroup | None = None
+
+    async def __aenter__(self) -> LayerService:
+        self._group = anyio.create_task_group()
+        await self._group.__aenter__()
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        """Cancel what is still resolving, close every layer, the caches and the registry
+        client if ours. The caller's exception passes through as it is (not in a group)."""
+        group, self._group = self._group, None
+        if group is not None:
+            group.cancel_scope.cancel()
+            await group.__aexit__(None, None, None)
+        with anyio.CancelScope(shield=True):
+            for resolution in list(self._resolved.values()):
+                if resolution.layer is not None:
+                    await resolution.layer.close()
+                    resolution.layer = None
+            self._resolved.clear()
+            self._unused.clear()
+            close = getattr(self.cache, "close", None) if self._owns_cache else None
+            if close is not None:  # the disk writes still queued
+                await anyio.to_thread.run_sync(close)
+            if self._owns_registry and self.registry is not None:
+                await self.registry.aclose()
+
+    # -- the front ends' calls -------------------------------------------------------------
+
+    async def acquire(self, repo: Reference, digest: str, toc_digest: str,
+                      size: int | None = None, *, wait_prefetch: bool = True) -> Layer:
+        """Layer ``digest`` of ``repo``, verified against ``toc_digest``, its prefetch and
+        background fetch started; one use more (give it back with :meth:`release`). With
+        ``wait_prefetch``, returns once the prefetch is done or ``prefetch_timeout_sec`` passed."""
+        if not toc_digest:
+            raise InvalidArgumentError(f"layer {digest} has no TOC digest: it can not be verified")
+        with self.scheduler.prioritized():
+            with span("resolve_wait", layer=digest):  # shared with a background resolve
+                resolution = self._use(await self._resolve(repo, digest, size))
+            try:
+                with span("verify", layer=digest):
+                    blob = await self._verify(resolution, toc_digest)
+                layer = self._layer(resolution, blob)
+            except BaseException:
+                self._give_back(resolution)
+                raise
+        if wait_prefetch:
+            try:
+                await layer.wait_prefetch()
+            except BaseException:
+                self._give_back(resolution)
+                raise
+        return layer
+
+    async def release(self, digest: str) -> None:
+        """One use of ``digest`` fewer; the last one stops the layer's fetches."""
+        resolution = self._resolved.get(digest)
+        if resolution is None or resolution.uses == 0:
+            log.debug("release of layer %s, which nobody uses", digest)
+            return
+        layer = self._give_back(resolution, close=False)
+        if layer is not None:
+            await layer.close()
+            log.info("layer %s released", digest)
+
+    def resolve_soon(self, repo: Reference, digest: str, size: int | None = None) -> None:
+        """Resolve ``digest`` in the background (a failure is only logged: an acquire tries
+        again), so that its acquire finds it ready."""
+        if digest in self._resolved or digest in self._resolving:
+            return
+        self._shared(self._resolving, digest, lambda: self._resolve_blob(repo, digest, size),
+                     quiet=True)
+
+    def uses(self, digest: str) -> int:
+        resolution = self._resolved.get(digest)
+        return resolution.uses if resolution is not None else 0
+
+    def resolved(self) -> list[str]:
+        """Digests of the blobs held resolved (in use or in the LRU)."""
+        return list(self._resolved)
+
+    # -- resolving and verifying, shared -----------------------------------------------------
+
+    async def _resolve(self, repo: Reference, digest: str, size: int | None) -> Resolution:
+        resolution = self._resolved.get(digest)
+        if resolution is not None:
+            return resolution
+        shared = self._resolving.get(digest) or self._shared(
+            self._resolving, digest, lambda: self._resolve_blob(repo, digest, size))
+        return await shared.result()
+
+    async def _resolve_blob(self, repo: Reference, digest: str, size: int | None) -> Resolution:
+        with self.scheduler.prioritized():
+            with span("head", layer=digest) as head:
+                fetcher = await self._open_fetcher(repo, digest, size)
+                head.set(size=fetcher.size)
+            stats = LayerStats(size=fetcher.size)
+            with span("toc_fetch", layer=digest) as fetch:
+                tail = await fetch_tail(fetcher, self.config.blob.fetch_timeout_sec, stats)
+                fetch.set(bytes=stats.fetched_metadata, requests=stats.requests)
+            with span("toc_parse", layer=digest) as parse:
+                unverified = await anyio.to_thread.run_sync(open_blob, tail)
+                parse.set(entries=len(unverified.toc.entries))
+        resolution = Resolution(digest, fetcher, stats, unverified, unverified.toc_digest)
+        self._resolved[digest] = resolution
+        self._park(resolution)  # unused until someone acquires it
+        log.info("resolved layer %s (%d bytes, TOC %s)", digest, fetcher.size,
+                 resolution.toc_digest)
+        return resolution
+
+    async def _verify(self, resolution: Resolution, toc_digest: str) -> VerifiedBlob:
+        verified = resolution.verified
+        if verified is not None:
+            if verified.toc_digest != toc_digest:
+                raise TOCDigestMismatch(
+                    f"TOC digest is {verified.toc_digest}, but {toc_digest} was expected")
+            return verified
+        key = (resolution.digest, toc_digest)
+        shared = self._verifying.get(key) or self._shared(
+            self._verifying, key, lambda: self._verify_blob(resolution, toc_digest))
+        return await shared.result()
+
+    async def _verify_blob(self, resolution: Resolution, toc_digest: str) -> VerifiedBlob:
+        unverified = resolution.unverified
+        if unverified is None:  # verified meanwhile, by another TOC digest's caller
+            return await self._verify(resolution, toc_digest)
+        verified = await anyio.to_thread.run_sync(unverified.verify, toc_digest)
+        resolution.verified, resolution.unverified = verified, None
+        return verified
+
+    def _shared(self, table: dict[K, _Shared[T]], key: K, work: Callable[[], Awaitable[T]],
+                quiet: bool = False) -> _Shared[T]:
+        """Start ``work`` in the service's task group; everyone asking for ``key`` meanwhile
+        gets its result. A failure is given to them and forgotten."""
+        if self._group is None:
+            raise InvalidArgumentError("the layer service is not running (use async with)")
+        shared: _Shared[T] = _Shared()
+        table[key] = shared
+
+        async def run() -> None:
+            try:
+                shared.value = await work()
+            except StargzError as err:
+                shared.error = err
+            except Exception as err:  # one clear error for every waiter
+                shared.error = TransportError(f"{type(err).__name__}: {err}")
+            except anyio.get_cancelled_exc_class():
+                shared.error = TransportError("the layer service is shutting down")
+                raise
+            finally:
+                if table.get(key) is shared:
+                    del table[key]
+                shared.done.set()
+                if shared.error is not None and quiet:
+                    log.info("resolving layer %s in the background failed: %s", key,
+                             shared.error)
+
+        self._group.start_soon(run)
+        return shared
+
+    async def _registry_fetcher(self, repo: Reference, digest: str,
+                                size: int | None) -> BlobFetcher:
+        assert self.registry is not None
+        if size is None:
+            size = await self.registry.head_blob(repo, digest)
+        return RegistryBlobFetcher(self.registry, repo, digest, size)
+
+    # -- uses and eviction -------------------------------------------------------------------
+
+    def _layer(self, resolution: Resolution, blob: VerifiedBlob) -> Layer:
+        if resolution.layer is None:
+            with span("index", layer=resolution.digest):
+                resolution.layer = Layer(resolution.digest, blob, resolution.fetcher, self.cache,
+                                         self.config, resolution.stats, self.scheduler)
+            resolution.layer.start()  # prefetch (landmark), then the background fetch
+        return resolution.layer
+
+    def _use(self, resolution: Resolution) -> Resolution:
+        """One use more of the blob's resolution (the one on record, should ``resolution``
+        have been evicted and resolved again meanwhile)."""
+        resolution = self._resolved.setdefault(resolution.digest, resolution)
+        resolution.uses += 1
+        self._unused.pop(resolution.digest, None)
+        return resolution
+
+    def _give_back(self, resolution: Resolution, close: bool = True) -> Layer | None:
+        """One use fewer. The last one takes the layer away: returned (``close`` false) for
+        the caller to close, else closed in the background."""
+        resolution.uses -= 1
+        if resolution.uses > 0:
+            return None
+        layer, resolution.layer = resolution.layer, None
+        self._park(resolution)
+        if layer is not None and close and self._group is not None:
+            self._group.start_soon(layer.close)
+        return layer
+
+    def _park(self, resolution: Resolution) -> None:
+        """Into the LRU of unused blobs; the oldest past the bound go."""
+        if resolution.uses > 0:
+            return
+        resolution.released_at = time.monotonic()
+        self._unused[resolution.digest] = None
+        self._unused.move_to_end(resolution.digest)
+        while len(self._unused) > self.config.resolve_result_entry:
+            self._evict(next(iter(self._unused)))
+        if self._group is not None:
+            self._group.start_soon(self._expire, resolution)
+
+    async def _expire(self, resolution: Resolution) -> None:
+        released_at = resolution.released_at
+        await anyio.sleep(self.config.resolve_result_entry_ttl_sec)
+        if resolution.uses == 0 and resolution.released_at == released_at:
+            self._evict(resolution.digest)
+
+    def _evict(self, digest: str) -> None:
+        self._unused.pop(digest, None)
+        resolution = self._resolved.pop(digest, None)
+        if resolution is not None:
+            log.debug("layer %s evicted from the resolved layers", digest)
+
