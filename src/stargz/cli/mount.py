@@ -15,10 +15,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stargz.cli.registry_opts import add_registry_options, registry_client
+from stargz.cli.registry_opts import add_registry_options, credential_store, registry_client
 from stargz.config import Config, load_config
 from stargz.errors import InvalidArgumentError, RuntimeIntegrationError, StargzError
 from stargz.imagemount import DEFAULT_STATE_ROOT
+from stargz.imagemount.secrets import scrub_environment
 from stargz.printable import printable
 from stargz.registry.manifest import Platform
 from stargz.registry.reference import Reference
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # the daemon's modules load pyfuse3: only `mount` and `umount
 
     from stargz.imagemount.daemon import MountRequest
     from stargz.imagemount.layers import OpenLayer
+    from stargz.registry.credentials import CredentialStore
 
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
     OnReady = Callable[[list[OpenLayer]], None]
@@ -111,13 +113,18 @@ def _request(args: argparse.Namespace) -> MountRequest:
 
 def run_mount(args: argparse.Namespace) -> int:
     request = _request(args)  # bad arguments and config fail here, before any fork
+    # Read here, from stdin or the terminal, before the fork; the daemon holds the password
+    # in memory only: neither its arguments nor its environment show it.
+    credentials = credential_store(args, [request.image])
+    scrub_environment()
     if args.foreground:
-        asyncio.run(_serve(args, request, lambda layers: _print_ready(request, layers)))
+        asyncio.run(_serve(args, request, credentials,
+                           lambda layers: _print_ready(request, layers)))
         return 0
     read_end, write_end = os.pipe()
     if os.fork() == 0:
         os.close(read_end)
-        os._exit(_daemon(args, request, write_end))
+        os._exit(_daemon(args, request, credentials, write_end))
     os.close(write_end)
     with os.fdopen(read_end, "rb") as pipe:
         answer = pipe.read()
@@ -135,15 +142,16 @@ def _print_ready(request: MountRequest, layers: list[OpenLayer]) -> None:
           "layers lazy); serving until interrupted", flush=True)
 
 
-async def _serve(args: argparse.Namespace, request: MountRequest,
+async def _serve(args: argparse.Namespace, request: MountRequest, credentials: CredentialStore,
                  on_ready: OnReady) -> None:
     from stargz.imagemount.daemon import serve_image
 
-    async with registry_client(args, [request.image]) as registry:
+    async with registry_client(args, [request.image], credentials) as registry:
         await serve_image(request, registry, on_ready)
 
 
-def _daemon(args: argparse.Namespace, request: MountRequest, pipe: int) -> int:
+def _daemon(args: argparse.Namespace, request: MountRequest, credentials: CredentialStore,
+            pipe: int) -> int:
     """The forked daemon: its own session; stdio goes to its log once the mount is ready (so
     that whoever ran `stargz mount` is not held by our copies of its stdout and stderr)."""
     os.setsid()
@@ -157,7 +165,7 @@ def _daemon(args: argparse.Namespace, request: MountRequest, pipe: int) -> int:
         reported = True
 
     try:
-        asyncio.run(_serve(args, request, ready))
+        asyncio.run(_serve(args, request, credentials, ready))
         return 0
     except (StargzError, OSError) as err:
         if reported:  # stderr is the log by now
