@@ -9,13 +9,24 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from _pull_trace import (
+    Sample,
+    go_rows,
+    our_rows,
+    read_log,
+    read_stamped,
+    registry_gets,
+    stamp_lines,
+)
 from tests.support.containerd import Containerd, stop_process, wait_for_socket
 from tests.support.registry import RunningRegistry, blob_bytes_served
 
@@ -50,27 +61,67 @@ class RunResult:
     mode: str
     seconds: dict[str, float] = field(default_factory=dict)  # phase -> wall seconds
     fetched: dict[str, int] = field(default_factory=dict)  # phase -> blob bytes served by its end
+    startup_s: float = 0.0  # snapshotter spawned -> its socket accepts
+    # phase -> (start, end), time.monotonic(); "start": snapshotter spawned -> socket accepts
+    marks: dict[str, tuple[float, float]] = field(default_factory=dict)
+    gets: dict[str, tuple[int, int]] = field(default_factory=dict)  # phase -> blob GETs, bytes
+    traced: bool = False  # run with the daemon's trace lines on (left out of the medians)
+    trace: Sample | None = None  # what the snapshotter's log says, phase by phase
 
 
-def start_snapshotter(kind: str, work: Path, config: Path | None) -> subprocess.Popen[bytes]:
-    """Our daemon (info logging: debug lines per FUSE read would slow it) or the Go stargzd."""
+@dataclass
+class Snapshotter:
+    proc: subprocess.Popen[bytes]
+    spawned: float  # time.monotonic() just before the spawn
+    listening: float  # time.monotonic() when its socket first accepted a connection
+    stamper: threading.Thread | None = None  # copies its output to snap.log, time-stamped
+
+
+def start_snapshotter(kind: str, work: Path, config: Path | None,
+                      trace: bool = False) -> Snapshotter:
+    """Our daemon (info logging: debug lines per FUSE read would slow it) or the Go stargzd.
+    Traced: ours with --trace (the stargz.trace lines only), Go at debug level; either's
+    output reaches snap.log through a pipe, each line stamped with its arrival time."""
     sock, root, log = work / "snap.sock", work / "snap-root", work / "snap.log"
     if kind == "ours":
         argv = [sys.executable, "-m", "stargz.snapshotter.daemon", "--address", str(sock),
-                "--root", str(root), "--log-level", "info"]
+                "--root", str(root), "--log-level", "info", *(["--trace"] if trace else [])]
     else:
-        argv = [str(STARGZD), "-address", str(sock), "-root", str(root), "-log-level", "info"]
+        argv = [str(STARGZD), "-address", str(sock), "-root", str(root), "-log-level",
+                "debug" if trace else "info"]
     if config is not None:
         argv += ["--config" if kind == "ours" else "-config", str(config)]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONPATH": str(REPO)})
+    # this checkout's code, even when the venv's editable install points at another one
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{REPO}"}
+    started = time.monotonic()
+    stamper = None
+    if trace:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        assert proc.stdout is not None
+        stamper = stamp_lines(proc.stdout, log.open("ab"))
+    else:
+        with log.open("ab") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
-        wait_for_socket(sock, proc, f"{kind} snapshotter")
+        _wait_listening(sock, proc, f"{kind} snapshotter")
     except BaseException:
         stop_process(proc)
         raise
-    return proc
+    return Snapshotter(proc, started, time.monotonic(), stamper)
+
+
+def _wait_listening(sock: Path, proc: subprocess.Popen[bytes], what: str) -> None:
+    """Until the socket accepts a connection, polled every 2 ms (the start-up time is a
+    measured figure); the shared helper's slower poll past its first second."""
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline and proc.poll() is None:
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(str(sock))
+                return
+            except OSError:
+                time.sleep(0.002)
+    wait_for_socket(sock, proc, what)
 
 
 def _checked(argv: Sequence[str], env: dict[str, str]) -> str:
@@ -113,6 +164,8 @@ def _phases(mode: Mode, image: str, env: dict[str, str], registry: RunningRegist
             result: RunResult) -> None:
     """The three measured phases, as the reference's HelloBench splits them."""
     base = blob_bytes_served(registry)
+    access_log = registry.workdir / "registry.out"
+    offset = access_log.stat().st_size
     container = "bench-hello"
     create = ["ctr", "containers", "create"]
     if mode.snapshotter is not None:
@@ -124,20 +177,31 @@ def _phases(mode: Mode, image: str, env: dict[str, str], registry: RunningRegist
         "run": lambda: _start_task_until_output(container, env),
     }
     for phase in PHASES:
+        started = time.monotonic()
         result.seconds[phase] = _timed(steps[phase])
+        result.marks[phase] = (started, time.monotonic())
         result.fetched[phase] = blob_bytes_served(registry) - base
+        with access_log.open("rb") as served:
+            served.seek(offset)
+            stretch = served.read()
+        offset += len(stretch)
+        result.gets[phase] = registry_gets(stretch.decode(errors="replace"))
 
 
 def run_once(mode: Mode, image: str, registry: RunningRegistry, work: Path,
-             config: dict[str, Path | None], keep_logs: Path | None = None) -> RunResult:
+             config: dict[str, Path | None], keep_logs: Path | None = None,
+             trace: bool = False) -> RunResult:
     """Fresh snapshotter and containerd under `work`, the three phases, then everything gone."""
     work.mkdir(parents=True)
-    result = RunResult(mode.name)
+    result = RunResult(mode.name, traced=trace)
     snapshotter = None
     ctd = Containerd(work / "containerd", work / "snap.sock")
     try:
         if mode.snapshotter is not None:  # first: containerd's gRPC backoff is slow to retry
-            snapshotter = start_snapshotter(mode.snapshotter, work, config[mode.snapshotter])
+            snapshotter = start_snapshotter(mode.snapshotter, work, config[mode.snapshotter],
+                                            trace)
+            result.startup_s = snapshotter.listening - snapshotter.spawned
+            result.marks["start"] = (snapshotter.spawned, snapshotter.listening)
         ctd.start()
         _phases(mode, image, ctd.env(), registry, result)
     except BaseException:
@@ -148,12 +212,22 @@ def run_once(mode: Mode, image: str, registry: RunningRegistry, work: Path,
             _delete_container(ctd.env())
         ctd.stop()
         if snapshotter is not None:
-            stop_process(snapshotter)
+            stop_process(snapshotter.proc)
+            if snapshotter.stamper is not None:
+                snapshotter.stamper.join(10)
         detach_mounts_under(work)
+        if trace and mode.snapshotter is not None and set(PHASES) <= result.marks.keys():
+            result.trace = _traced(mode, result, work / "snap.log")
         if keep_logs is not None:
             _keep_logs(work, keep_logs / f"{work.name}-{mode.name}")
         shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def _traced(mode: Mode, result: RunResult, log: Path) -> Sample:
+    lines = read_stamped(read_log(log))
+    rows = (our_rows if mode.snapshotter == "ours" else go_rows)(lines, result.marks)
+    return Sample(mode.name, result.marks, rows)
 
 
 def _delete_container(env: dict[str, str]) -> None:
