@@ -2,7 +2,8 @@
 
 This module is the only place defaults live. The names and defaults follow the reference
 snapshotter (see spec RUNTIMES.md): top-level fetch/prefetch knobs, a ``[blob]`` table for
-registry reads and a ``[cache]`` table for the chunk caches. Unknown keys are refused so a
+registry reads, a ``[cache]`` table for the chunk caches and a ``[limits]`` table for what one
+blob may cost (hostile-input bounds). Unknown keys are refused so a
 typo never silently turns a feature off.
 """
 
@@ -36,6 +37,30 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """What one blob may cost this host. A blob beyond any limit is refused with one TOCError
+    when its TOC is opened, before any file data is fetched or decompressed. Real images stay
+    far below every default; a hostile one can not use more than about this much."""
+
+    # Decompressed TOC JSON. The largest real TOC we know of is ~92 MB (~300,000 files, which
+    # made containers/storage raise its zstd:chunked limit to 150 MB); ours is ~340 bytes a
+    # regular file. Opening a TOC at the limit costs about 2x its size in memory.
+    max_toc_bytes: int = 256 << 20
+    # Entries in the TOC plus the directories they imply (parents the TOC does not list).
+    max_toc_entries: int = 1_000_000
+    # Decompressed bytes needed to verify one chunk (its offset in its gzip member / zstd
+    # frame plus its size) and, doubled, the compressed bytes of that member. Writers chunk
+    # at 4 MiB (ours, ctr-remote, the Go library), and pack small files into members of
+    # about that size; 64 MiB leaves 16x headroom. A file stored as one unchunked member
+    # (old stargz) is one chunk: such files over the limit are refused.
+    max_chunk_bytes: int = 64 << 20
+    # Components in one path. Real images nest a few dozen deep at most.
+    max_path_depth: int = 256
+    # Bytes of one path (Linux PATH_MAX).
+    max_path_bytes: int = 4096
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a layer needs to know about fetching and caching."""
 
@@ -51,9 +76,10 @@ class Config:
     resolve_result_entry_ttl_sec: float = 120.0  # ... and for at most this long
     blob: BlobConfig = field(default_factory=BlobConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
-_TABLES: dict[str, type[Any]] = {"blob": BlobConfig, "cache": CacheConfig}
+_TABLES: dict[str, type[Any]] = {"blob": BlobConfig, "cache": CacheConfig, "limits": LimitsConfig}
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -141,6 +167,7 @@ def _check_ranges(config: Config) -> None:
         "background_batch_bytes": config.background_batch_bytes,
         "blob.chunk_size": config.blob.chunk_size,
         "blob.fetch_timeout_sec": config.blob.fetch_timeout_sec,
+        **{f"limits.{f.name}": getattr(config.limits, f.name) for f in fields(config.limits)},
     }
     not_negative = {
         "prefetch_size": config.prefetch_size,

@@ -110,3 +110,17 @@ def test_tiered_cache_promotes_disk_hits(tmp_path: Path) -> None:
     memory_only = TieredCache(MemoryCache(1 << 20))
     memory_only.put(digest, data)
     assert memory_only.get(digest) == data
+
+
+def test_disk_cache_directories_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        root = tmp_path / "made" / "cache"
+        digest, data = chunk(3)
+        DiskCache(root, 1 << 20).put(digest, data)
+    finally:
+        os.umask(old)
+    shard = root / "sha256" / digest[7:9]
+    for directory in (root, root / "sha256", shard):
+        assert directory.stat().st_mode & 0o777 == 0o700, directory
+    assert (shard / digest[7:]).stat().st_mode & 0o777 == 0o600

@@ -132,10 +132,11 @@ def test_implied_directories_and_duplicates() -> None:
     raw = _toc(_reg("x/y/z"), {"name": "x/y/z", "type": "fifo"})
     toc = parse_toc(raw, data_end=1000)
     assert toc.index is not None
-    assert toc.index.resolved["x/y/z"].type == "fifo"  # a later duplicate wins, as in tar
-    implied = toc.index.resolved["x/y"]
-    assert (implied.type, implied.mode) == ("dir", 0o755)
-    assert list(toc.index.children["x"]) == ["y"]
+    found = toc.index.lookup("x/y/z")
+    assert found is not None and found.type == "fifo"  # a later duplicate wins, as in tar
+    implied = toc.index.lookup("x/y")
+    assert implied is not None and (implied.type, implied.mode) == ("dir", 0o755)
+    assert list(toc.index.listdir("x")) == ["y"]
 
 
 def test_chunk_ends_come_from_the_next_offset() -> None:

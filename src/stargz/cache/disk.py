@@ -34,7 +34,9 @@ class DiskCache:
         self._entries: OrderedDict[str, int] = OrderedDict()  # hex -> size, oldest first
         self._bytes = 0
         try:
-            (self.root / "sha256").mkdir(parents=True, exist_ok=True)
+            # 0700: planted or read chunks are nobody else's business (mode applies to leaves).
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            (self.root / "sha256").mkdir(mode=0o700, exist_ok=True)
         except OSError as err:
             raise CacheError(f"cannot create cache directory {self.root}: {err.strerror}") from None
         try:
@@ -138,7 +140,7 @@ class DiskCache:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(exist_ok=True)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
     temp = path.parent / f"{TEMP_PREFIX}{path.name}.{os.getpid()}.{threading.get_ident()}"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:

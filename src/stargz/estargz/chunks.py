@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 
-@dataclass(frozen=True)
-class Chunk:
-    """A piece of a regular file, as the TOC describes it.
+class Chunk(msgspec.Struct, frozen=True, gc=False):
+    """A piece of a regular file, as the TOC describes it (a compact immutable record).
 
     The chunk's bytes are ``chunk_size`` bytes starting ``inner_offset`` bytes into the
     decompressed member/frame(s) held in the blob at [compressed_offset, compressed_end).

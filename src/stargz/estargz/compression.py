@@ -102,19 +102,24 @@ def _unzstd_prefix(data: bytes, need: int) -> bytes:
     return b"".join(parts)
 
 
-def gunzip_member(data: bytes, limit: int) -> tuple[bytes, int]:
-    """Decompress the single gzip member at the start of ``data``.
+class GzipMemberReader:
+    """The content of the gzip member at the start of ``data``, read piece by piece: each
+    ``read(n)`` gives exactly ``n`` bytes (fewer only at the member's end), so a caller
+    never holds more than it asked for, whatever the member inflates to."""
 
-    Returns (content, compressed length of the member). Content beyond ``limit``
-    bytes is an error (the caller's bound against decompression bombs).
-    """
-    inflater = zlib_ng.decompressobj(_GZIP_WBITS)
-    try:
-        out = inflater.decompress(data, limit + 1)
-    except ZLIB_ERROR as err:
-        raise DecompressionError(f"gzip member does not decompress: {err}") from None
-    if len(out) > limit:
-        raise DecompressionError(f"gzip member holds more than {limit} bytes")
-    if not inflater.eof:
-        raise DecompressionError("gzip member is truncated")
-    return out, len(data) - len(inflater.unused_data)
+    def __init__(self, data: bytes) -> None:
+        self._inflater = zlib_ng.decompressobj(_GZIP_WBITS)
+        self._input = data
+
+    def read(self, n: int) -> bytes:
+        try:
+            out = self._inflater.decompress(self._input, n)
+        except ZLIB_ERROR as err:
+            raise DecompressionError(f"gzip member does not decompress: {err}") from None
+        self._input = self._inflater.unconsumed_tail
+        return out
+
+    @property
+    def at_end(self) -> bool:
+        """Whether the member's end (and its checksum) has been read."""
+        return bool(self._inflater.eof)

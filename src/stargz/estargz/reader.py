@@ -11,22 +11,24 @@ from __future__ import annotations
 import bisect
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
+from stargz.config import LimitsConfig
 from stargz.errors import (
     ChunkDigestMismatch,
     DecompressionError,
     FormatError,
     NotFoundError,
+    StargzError,
     TOCDigestMismatch,
     TOCError,
 )
 from stargz.estargz.chunks import Chunk
 from stargz.estargz.compression import (
     Compression,
+    GzipMemberReader,
     decompress_prefix,
     decompress_upto,
-    gunzip_member,
 )
 from stargz.estargz.footer import SKIPPABLE_FRAME_MAGIC, Footer, parse_footer
 from stargz.estargz.source import RangeSource
@@ -45,18 +47,23 @@ from stargz.estargz.tocindex import TOCIndex
 log = logging.getLogger(__name__)
 
 TAIL_READ = 512 << 10  # one read usually holds footer and TOC together
-MAX_TOC_SIZE = 256 << 20
+# After the TOC JSON: its padding and the tar's end (tar writers pad to 10 KiB records).
+_TAR_TRAILER = 64 << 10
 
 
-def open_blob(source: RangeSource) -> UnverifiedBlob:
-    """Read the footer and TOC of a blob; structural validation only."""
+def open_blob(source: RangeSource, limits: LimitsConfig | None = None) -> UnverifiedBlob:
+    """Read the footer and TOC of a blob; structural validation only, within ``limits``
+    (default: LimitsConfig()): a TOC beyond them is a TOCError."""
+    limits = limits or LimitsConfig()
+    max_toc = limits.max_toc_bytes
     size = source.size
     tail_len = min(size, TAIL_READ)
     tail = source.read_at(size - tail_len, tail_len)
     footer = parse_footer(tail)
     start, end = footer.toc_range(size)
-    if end - start > MAX_TOC_SIZE:
-        raise TOCError(f"TOC is {end - start} bytes compressed, more than the {MAX_TOC_SIZE} limit")
+    if end - start > max_toc:
+        raise TOCError(f"TOC is {end - start} bytes compressed, more than the limit of "
+                       f"{max_toc} (limits.max_toc_bytes)")
     tail_start = size - tail_len
     if start >= tail_start:
         compressed = tail[start - tail_start : end - tail_start]
@@ -64,22 +71,39 @@ def open_blob(source: RangeSource) -> UnverifiedBlob:
         compressed = source.read_at(start, end - start)
     if footer.kind == "zstd-chunked":
         _check_skippable_header(source, footer, tail, tail_start)
-        toc_json = _zstd_toc_json(compressed, footer)
+        toc_json = _zstd_toc_json(compressed, footer, max_toc)
     else:
-        toc_json = _gzip_toc_json(compressed)
-    toc = parse_toc(toc_json, data_end=footer.data_end)
+        toc_json = _gzip_toc_json(compressed, max_toc)
+    del compressed, tail
+    toc = parse_toc(toc_json, footer.data_end, limits)
     digest = "sha256:" + hashlib.sha256(toc_json).hexdigest()
     return UnverifiedBlob(source, footer, toc, digest, toc_json)
 
 
-def _gzip_toc_json(compressed: bytes) -> bytes:
+def _gzip_toc_json(compressed: bytes, max_toc: int) -> bytes:
+    """The JSON of the TOC's tar entry, decompressed piece by piece: never more than the
+    header says (and the limit allows), and never copied."""
+    member = GzipMemberReader(compressed)
     try:
-        content, _ = gunzip_member(compressed, MAX_TOC_SIZE)
+        header = member.read(BLOCK)
+        if len(header) < BLOCK:
+            raise TOCError("TOC member is too short to hold a tar header")
+        length = _toc_tar_length(header)
+        if length > max_toc:
+            raise TOCError(f"TOC is {length} bytes, more than the limit of {max_toc} "
+                           f"(limits.max_toc_bytes)")
+        toc_json = member.read(length)
+        if len(toc_json) < length:
+            raise TOCError(f"TOC tar entry claims {length} bytes but the member holds fewer")
+        member.read(_TAR_TRAILER)
+        if not member.at_end:
+            raise TOCError("TOC member holds more than the TOC and the tar's end")
     except DecompressionError as err:
         raise TOCError(f"TOC member: {err}") from None
-    if len(content) < BLOCK:
-        raise TOCError("TOC member is too short to hold a tar header")
-    header = content[:BLOCK]
+    return toc_json
+
+
+def _toc_tar_length(header: bytes) -> int:
     name = header[:100].split(b"\x00", 1)[0]
     if name != TOC_TAR_NAME.encode():
         raise TOCError(f"TOC tar entry is named {name[:100]!r}, not {TOC_TAR_NAME!r}")
@@ -87,9 +111,9 @@ def _gzip_toc_json(compressed: bytes) -> bytes:
         length = parse_number(header[124:136])
     except Exception:
         raise TOCError("TOC tar header has a malformed size") from None
-    if length < 0 or BLOCK + length > len(content):
-        raise TOCError(f"TOC tar entry claims {length} bytes but the member holds fewer")
-    return content[BLOCK : BLOCK + length]
+    if length < 0:
+        raise TOCError(f"TOC tar header claims {length} bytes")
+    return length
 
 
 def _check_skippable_header(
@@ -105,9 +129,12 @@ def _check_skippable_header(
         raise TOCError("zstd:chunked TOC is not in a skippable frame of the length the footer says")
 
 
-def _zstd_toc_json(compressed: bytes, footer: Footer) -> bytes:
+def _zstd_toc_json(compressed: bytes, footer: Footer, max_toc: int) -> bytes:
     want = footer.toc_uncompressed_length
-    if not 0 < want <= MAX_TOC_SIZE:
+    if want > max_toc:
+        raise TOCError(f"zstd:chunked TOC is {want} bytes, more than the limit of {max_toc} "
+                       f"(limits.max_toc_bytes)")
+    if want <= 0:
         raise TOCError(f"zstd:chunked footer claims a {want}-byte TOC")
     try:
         data = decompress_upto("zstd-chunked", compressed, want + 1)
@@ -157,53 +184,59 @@ class VerifiedBlob:
 
     def lookup(self, path: str) -> TOCEntry | None:
         """The entry at ``path``; a hardlink gives its target's entry (the same object)."""
-        return self._index.resolved.get(clean_name(path))
+        return self._index.lookup(clean_name(path))
 
     def listdir(self, path: str) -> dict[str, TOCEntry]:
         entry = self.lookup(path)
         if entry is None or entry.type != "dir":
             raise NotFoundError(f"{path!r} is not a directory in this layer")
-        return dict(self._index.children.get(entry.name, {}))
+        return self._index.listdir(entry.name)
 
     def walk(self) -> Iterator[TOCEntry]:
         """Every path once, parents first; hardlinks come out as ``hardlink`` entries."""
-        for name in self._index.order:
-            yield self._index.raw[name]
+        return self._index.walk()
 
     def nlink(self, entry: TOCEntry) -> int:
         return self._index.nlink(entry)
 
     def chunks(self, path: str) -> list[Chunk]:
         entry = self._regular(path)
-        return list(self._index.chunks.get(entry.name, []))
+        return list(self._index.chunks.get(entry.name, ()))
 
     def chunk_at(self, path: str, offset: int) -> Chunk:
         entry = self._regular(path)
-        chunks = self._index.chunks.get(entry.name, [])
-        i = bisect.bisect_right([c.chunk_offset for c in chunks], offset) - 1
+        chunks = self._index.chunks.get(entry.name, ())
+        i = bisect.bisect_right(chunks, offset, key=_chunk_start) - 1
         if offset < 0 or i < 0 or offset >= chunks[i].end:
             raise NotFoundError(f"{path!r} has no byte at offset {offset} (size {entry.size})")
         return chunks[i]
 
     def decode_chunk(self, chunk: Chunk, member: bytes) -> bytes:
         """Decompress a chunk from its compressed bytes and check its digest."""
-        if len(member) != chunk.compressed_size:
+        result = self.decode_member([chunk], member)[0]
+        if isinstance(result, StargzError):
+            raise result
+        return result
+
+    def decode_member(
+        self, chunks: Sequence[Chunk], member: bytes
+    ) -> list[bytes | StargzError]:
+        """Decode the chunks that share one member (or frame) from its compressed bytes:
+        the member is decompressed once, as far as the last chunk needs (within
+        limits.max_chunk_bytes, checked when the TOC was opened), and each chunk is checked
+        against its digest. One result per chunk: its bytes, or why they are refused."""
+        first = chunks[0]
+        if len(member) != first.compressed_size:
             raise FormatError(
-                f"{chunk.path!r}: got {len(member)} compressed bytes, want {chunk.compressed_size}"
+                f"{first.path!r}: got {len(member)} compressed bytes, want {first.compressed_size}"
             )
+        need = max(c.inner_offset + c.chunk_size for c in chunks)
         try:
-            data = decompress_prefix(
-                self.compression, member, chunk.inner_offset + chunk.chunk_size
-            )
+            plain = decompress_prefix(self.compression, member, need)
         except FormatError as err:  # a damaged member: say which file and where
-            raise type(err)(f"{chunk.path!r} chunk at {chunk.chunk_offset}: {err}") from None
-        data = data[chunk.inner_offset :]
-        got = "sha256:" + hashlib.sha256(data).hexdigest()
-        if got != chunk.digest:
-            raise ChunkDigestMismatch(
-                f"{chunk.path!r} chunk at {chunk.chunk_offset}: digest {got} is not {chunk.digest}"
-            )
-        return data
+            failed = type(err)(f"{first.path!r} chunk at {first.chunk_offset}: {err}")
+            return [failed for _ in chunks]
+        return [_checked(chunk, plain) for chunk in chunks]
 
     def read_chunk(self, chunk: Chunk) -> bytes:
         """Fetch a chunk's compressed bytes from the source and decode them (verified)."""
@@ -227,10 +260,10 @@ class VerifiedBlob:
 
     def prefetch_end(self) -> int | None:
         """Blob offset up to which a runtime should prefetch (0: nothing; None: no landmark)."""
-        landmark = self._index.raw.get(PREFETCH_LANDMARK)
+        landmark = self._index.entries.get(PREFETCH_LANDMARK)
         if landmark is not None and landmark.type == "reg":
             return landmark.offset
-        if NO_PREFETCH_LANDMARK in self._index.raw:
+        if NO_PREFETCH_LANDMARK in self._index.entries:
             return 0
         return None
 
@@ -241,3 +274,17 @@ class VerifiedBlob:
         if entry.type != "reg":
             raise NotFoundError(f"{path!r} is a {entry.type}, not a regular file")
         return entry
+
+
+def _chunk_start(chunk: Chunk) -> int:
+    return chunk.chunk_offset
+
+
+def _checked(chunk: Chunk, plain: bytes) -> bytes | StargzError:
+    data = plain[chunk.inner_offset : chunk.inner_offset + chunk.chunk_size]
+    got = "sha256:" + hashlib.sha256(data).hexdigest()
+    if got != chunk.digest:
+        return ChunkDigestMismatch(
+            f"{chunk.path!r} chunk at {chunk.chunk_offset}: digest {got} is not {chunk.digest}"
+        )
+    return data

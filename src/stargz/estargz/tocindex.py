@@ -1,17 +1,20 @@
 """Structural checks of a TOC and the name index a reader serves lookups from.
 
-Everything a hostile TOC could use to confuse a reader is refused here: chunk lists
-that do not tile their file, offsets outside the data, duplicated chunk positions,
-missing digests, hardlinks to nothing (or loops), and entries under non-directories.
+Everything a hostile TOC could use to confuse a reader, or to make it spend without bound,
+is refused here: chunk lists that do not tile their file, offsets outside the data,
+duplicated or overlapping chunk positions, chunks over the size limit, a file's chunks out
+of order in the blob, missing digests, hardlinks to nothing (or loops), entries under
+non-directories, and more entries (listed or implied) than the limits allow.
+
+Everything here is iterative and linear in the TOC's size: no recursion, whatever the depth.
 """
 
 from __future__ import annotations
 
 import bisect
-import posixpath
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
 
+from stargz.config import LimitsConfig
 from stargz.errors import TOCError
 from stargz.estargz.chunks import Chunk
 from stargz.estargz.toc import TOCEntry
@@ -20,12 +23,144 @@ IMPLIED_DIR_MODE = 0o755
 _MAX_HARDLINK_HOPS = 64
 
 
-@dataclass
+def parent_of(name: str) -> str:
+    return name.rpartition("/")[0]
+
+
+def base_of(name: str) -> str:
+    return name.rpartition("/")[2]
+
+
+class TOCIndex:
+    """Names → entries, directory children, link counts, all checked for consistency.
+
+    ``entries`` holds every path once (the later of duplicates, as in tar), parents before
+    children and otherwise in TOC order, with the directories the TOC only implies."""
+
+    def __init__(
+        self,
+        entries: Sequence[TOCEntry],
+        data_end: int | None,
+        limits: LimitsConfig | None = None,
+    ) -> None:
+        limits = limits or LimitsConfig()
+        self.chunks = build_chunks(entries, data_end, limits)
+        self.entries: dict[str, TOCEntry] = {}
+        self._implied_budget = _ImpliedBudget(len(entries), limits)
+        self._add_all(entries)
+        self.links: dict[str, TOCEntry] = {}  # hardlink name → its final target
+        self._resolve_links()
+        self.children: dict[str, list[TOCEntry]] = {}  # as listed: hardlinks unresolved
+        self._link_counts: dict[int, int] = {}  # only targets of hardlinks (others: 1)
+        self._link_tree()
+
+    def _add_all(self, entries: Sequence[TOCEntry]) -> None:
+        known = self.entries
+        known[""] = TOCEntry(name="", type="dir", mode=IMPLIED_DIR_MODE)
+        for entry in entries:
+            if entry.type == "chunk":
+                continue
+            name = entry.name
+            if name not in known:
+                self._add_parents(name)
+            known[name] = entry  # a later duplicate wins, keeping the first one's place
+        if known[""].type != "dir":
+            raise TOCError("the TOC's root entry is not a directory")
+
+    def _add_parents(self, name: str) -> None:
+        """Implied directories for the missing parents of ``name``, outermost first."""
+        missing: list[str] = []
+        parent = parent_of(name) if name else ""
+        while parent not in self.entries:
+            missing.append(parent)
+            parent = parent_of(parent)
+        for dirname in reversed(missing):
+            self._implied_budget.spend(dirname)
+            self.entries[dirname] = TOCEntry(name=dirname, type="dir", mode=IMPLIED_DIR_MODE)
+
+    def _resolve_links(self) -> None:
+        for name, entry in self.entries.items():
+            if entry.type == "hardlink":
+                self.links[name] = self._resolve(entry)
+
+    def _resolve(self, entry: TOCEntry) -> TOCEntry:
+        seen = 0
+        while entry.type == "hardlink":
+            target = self.entries.get(entry.link_name)
+            if target is None or entry.link_name == "":
+                raise TOCError(f"hardlink {entry.name!r} points to missing {entry.link_name!r}")
+            seen += 1
+            if seen > _MAX_HARDLINK_HOPS or target is entry:
+                raise TOCError(f"hardlink {entry.name!r} is part of a link loop")
+            entry = target
+        if seen and entry.type == "dir":
+            raise TOCError(f"a hardlink points to directory {entry.name!r}")
+        return entry
+
+    def _link_tree(self) -> None:
+        for name, entry in self.entries.items():
+            if name == "":
+                continue
+            parent = self.entries[parent_of(name)]
+            if parent.type != "dir":
+                raise TOCError(f"{name!r} is under {parent.name!r}, which is not a directory")
+            self.children.setdefault(parent.name, []).append(entry)
+            if entry.type == "hardlink":
+                target = self.links[name]
+                self._link_counts[id(target)] = self._link_counts.get(id(target), 1) + 1
+
+    def lookup(self, name: str) -> TOCEntry | None:
+        """The entry at the cleaned ``name``; a hardlink gives its target's entry."""
+        entry = self.entries.get(name)
+        if entry is not None and entry.type == "hardlink":
+            return self.links[name]
+        return entry
+
+    def listdir(self, name: str) -> dict[str, TOCEntry]:
+        """A directory's children by base name (hardlinks resolved to their targets)."""
+        return {
+            base_of(child.name): self.links[child.name] if child.type == "hardlink" else child
+            for child in self.children.get(name, ())
+        }
+
+    def walk(self) -> Iterator[TOCEntry]:
+        return iter(self.entries.values())
+
+    def nlink(self, entry: TOCEntry) -> int:
+        if entry.type == "dir":
+            kids = self.children.get(entry.name, ())
+            return 2 + sum(1 for k in kids if k.type == "dir")
+        return self._link_counts.get(id(entry), 1)
+
+
+class _ImpliedBudget:
+    """Directories the TOC implies count against max_toc_entries, and their names against
+    max_toc_bytes: a few deep names must not make the index hold millions of directories."""
+
+    def __init__(self, listed: int, limits: LimitsConfig) -> None:
+        self._entries_left = limits.max_toc_entries - listed
+        self._bytes_left = limits.max_toc_bytes
+        self._limits = limits
+
+    def spend(self, dirname: str) -> None:
+        self._entries_left -= 1
+        self._bytes_left -= len(dirname)
+        if self._entries_left < 0:
+            raise TOCError(f"TOC entries and the directories they imply are more than "
+                           f"{self._limits.max_toc_entries} (limits.max_toc_entries)")
+        if self._bytes_left < 0:
+            raise TOCError(f"the directories the TOC implies have names of more than "
+                           f"{self._limits.max_toc_bytes} bytes (limits.max_toc_bytes)")
+
+
 class _FileChunks:
     """The data entries (reg then chunk...) of one regular file."""
 
-    reg: TOCEntry
-    parts: list[TOCEntry] = field(default_factory=list)
+    __slots__ = ("parts", "reg")
+
+    def __init__(self, reg: TOCEntry) -> None:
+        self.reg = reg
+        self.parts = [reg]
 
 
 def _data_entries(entries: Sequence[TOCEntry]) -> list[_FileChunks]:
@@ -38,7 +173,7 @@ def _data_entries(entries: Sequence[TOCEntry]) -> list[_FileChunks]:
                 raise TOCError(f"chunk entry {entry.name!r} does not follow its file's reg entry")
             current.parts.append(entry)
         elif entry.type == "reg":
-            current = _FileChunks(entry, [entry])
+            current = _FileChunks(entry)
             files.append(current)
         else:
             current = None
@@ -74,116 +209,91 @@ def _chunk_digest_fallback(files: list[_FileChunks]) -> bool:
     return True
 
 
-def build_chunks(entries: Sequence[TOCEntry], data_end: int | None) -> dict[str, list[Chunk]]:
+def build_chunks(
+    entries: Sequence[TOCEntry], data_end: int | None, limits: LimitsConfig | None = None
+) -> dict[str, tuple[Chunk, ...]]:
     """Validate every file's data entries and turn them into Chunks, keyed by cleaned path."""
-    files = _data_entries(entries)
-    for f in files:
+    every_file = _data_entries(entries)
+    for f in every_file:
         _check_tiling(f)
+    files = [f for f in every_file if f.reg.size > 0]
     fallback = _chunk_digest_fallback(files)
     limit = data_end if data_end is not None else 1 << 63
-    offsets = sorted({p.offset for f in files if f.reg.size > 0 for p in f.parts})
-    seen: set[tuple[int, int]] = set()
-    out: dict[str, list[Chunk]] = {}
+    layout = _BlobLayout(files, limit, limits or LimitsConfig())
+    out: dict[str, tuple[Chunk, ...]] = {}
     for f in files:
-        chunks: list[Chunk] = []
-        for part in f.parts if f.reg.size > 0 else []:
-            key = (part.offset, part.inner_offset)
-            if key in seen:
-                raise TOCError(f"{f.reg.name!r}: offset {part.offset} is used by two chunks")
-            seen.add(key)
-            if part.offset >= limit:
-                raise TOCError(f"{f.reg.name!r}: offset {part.offset} is past the data end {limit}")
-            next_i = bisect.bisect_right(offsets, part.offset)
-            end = offsets[next_i] if next_i < len(offsets) else limit
-            chunk_len = part.chunk_size or f.reg.size - part.chunk_offset
-            digest = f.reg.digest if fallback else part.chunk_digest
-            chunks.append(
-                Chunk(f.reg.name, part.chunk_offset, chunk_len, part.offset, end,
-                      part.inner_offset, digest)
-            )
-        out[f.reg.name] = chunks
+        out[f.reg.name] = tuple(
+            Chunk(f.reg.name, part.chunk_offset, part.chunk_size or f.reg.size - part.chunk_offset,
+                  part.offset, layout.member_end(part.offset), part.inner_offset,
+                  f.reg.digest if fallback else part.chunk_digest)
+            for part in f.parts
+        )
     return out
 
 
-def parent_of(name: str) -> str:
-    return posixpath.dirname(name)
+_Placed = tuple[int, int, int, int]  # offset, inner offset, file number, part number
 
 
-class TOCIndex:
-    """Names → entries, directory children, link counts, all checked for consistency."""
+class _BlobLayout:
+    """Where the chunks sit in the blob, checked in blob order: each (member, inner offset)
+    used once, chunks sharing a member do not overlap, each member's decompressed extent and
+    compressed size are within limits.max_chunk_bytes (and twice that), and a file's chunks
+    lie one after another, in file order, as every writer lays them out."""
 
-    def __init__(self, entries: Sequence[TOCEntry], data_end: int | None) -> None:
-        self.chunks = build_chunks(entries, data_end)
-        self.raw: dict[str, TOCEntry] = {}  # hardlinks kept as their own entries
-        for entry in entries:
-            if entry.type != "chunk":
-                self.raw[entry.name] = entry  # a later duplicate wins, as in tar
-        if "" not in self.raw:
-            self.raw[""] = TOCEntry(name="", type="dir", mode=IMPLIED_DIR_MODE)
-        elif self.raw[""].type != "dir":
-            raise TOCError("the TOC's root entry is not a directory")
-        self._add_implied_dirs()
-        self.resolved = {name: self._resolve(entry) for name, entry in self.raw.items()}
-        self.children: dict[str, dict[str, TOCEntry]] = {}
-        self.link_counts: dict[int, int] = {}
-        self._link_tree()
-        self.order = self._ordered_names(entries)
+    def __init__(self, files: list[_FileChunks], data_end: int, limits: LimitsConfig) -> None:
+        self._files = files
+        self._data_end = data_end
+        self._max = limits.max_chunk_bytes
+        self._offsets = sorted({part.offset for f in files for part in f.parts})
+        self._check(self._in_blob_order())
 
-    def _add_implied_dirs(self) -> None:
-        for name in list(self.raw):
-            parent = parent_of(name) if name else None
-            while parent is not None and parent not in self.raw:
-                self.raw[parent] = TOCEntry(name=parent, type="dir", mode=IMPLIED_DIR_MODE)
-                parent = parent_of(parent) if parent else None
+    def member_end(self, offset: int) -> int:
+        """Where the member (or frame) starting at ``offset`` ends: the next one's start."""
+        i = bisect.bisect_right(self._offsets, offset)
+        return self._offsets[i] if i < len(self._offsets) else self._data_end
 
-    def _resolve(self, entry: TOCEntry) -> TOCEntry:
-        seen = 0
-        while entry.type == "hardlink":
-            target = self.raw.get(entry.link_name)
-            if target is None or entry.link_name == "":
-                raise TOCError(f"hardlink {entry.name!r} points to missing {entry.link_name!r}")
-            seen += 1
-            if seen > _MAX_HARDLINK_HOPS or target is entry:
-                raise TOCError(f"hardlink {entry.name!r} is part of a link loop")
-            entry = target
-        if seen and entry.type == "dir":
-            raise TOCError(f"a hardlink points to directory {entry.name!r}")
-        return entry
+    def _in_toc_order(self) -> Iterator[_Placed]:
+        for fi, f in enumerate(self._files):
+            for pi, part in enumerate(f.parts):
+                yield part.offset, part.inner_offset, fi, pi
 
-    def _link_tree(self) -> None:
-        for name in self.raw:
-            if name == "":
-                continue
-            parent = self.raw[parent_of(name)]
-            if parent.type != "dir":
-                raise TOCError(f"{name!r} is under {parent.name!r}, which is not a directory")
-            target = self.resolved[name]
-            self.children.setdefault(parent.name, {})[posixpath.basename(name)] = target
-            self.link_counts[id(target)] = self.link_counts.get(id(target), 0) + 1
+    def _in_blob_order(self) -> Iterable[_Placed]:
+        """The chunks by position; usually the TOC's own order, which needs no sorting."""
+        previous = (-1, -1)
+        for placed in self._in_toc_order():
+            if placed[:2] <= previous:
+                return sorted(self._in_toc_order())
+            previous = placed[:2]
+        return self._in_toc_order()
 
-    def _ordered_names(self, entries: Sequence[TOCEntry]) -> list[str]:
-        """Every name once, parents before children, otherwise in TOC order."""
-        order: list[str] = []
-        placed: set[str] = set()
+    def _check(self, placed: Iterable[_Placed]) -> None:
+        files = self._files
+        previous: _Placed = (-1, -1, -1, -1)
+        inner_end = 0  # where the previous chunk in the same member ends
+        for offset, inner, fi, pi in placed:
+            f = files[fi]
+            name = f.reg.name
+            if offset >= self._data_end:
+                raise TOCError(f"{name!r}: offset {offset} is past the data end {self._data_end}")
+            if offset == previous[0] and inner < inner_end:
+                raise TOCError(f"{name!r}: offset {offset} is used by two chunks")
+            follows = fi == previous[2] and pi == previous[3] + 1
+            starts = pi == 0 and (
+                previous[2] < 0 or previous[3] == len(files[previous[2]].parts) - 1)
+            if not (follows or starts):
+                raise TOCError(f"{name!r}: its chunks are not laid out in order in the blob")
+            part = f.parts[pi]
+            inner_end = inner + (part.chunk_size or f.reg.size - part.chunk_offset)
+            self._check_size(name, part, offset, inner_end)
+            previous = (offset, inner, fi, pi)
 
-        def place(name: str) -> None:
-            if name in placed:
-                return
-            if name:
-                place(parent_of(name))
-            placed.add(name)
-            order.append(name)
-
-        place("")
-        for entry in entries:
-            if entry.type != "chunk":
-                place(entry.name)
-        for name in self.raw:
-            place(name)
-        return order
-
-    def nlink(self, entry: TOCEntry) -> int:
-        if entry.type == "dir":
-            kids = self.children.get(entry.name, {})
-            return 2 + sum(1 for k in kids.values() if k.type == "dir")
-        return max(1, self.link_counts.get(id(entry), 1))
+    def _check_size(self, name: str, part: TOCEntry, offset: int, extent: int) -> None:
+        if extent > self._max:
+            raise TOCError(
+                f"{name!r}: the chunk at {part.chunk_offset} needs {extent} decompressed bytes, "
+                f"more than the limit of {self._max} (limits.max_chunk_bytes)")
+        compressed = self.member_end(offset) - offset
+        if compressed > 2 * self._max:
+            raise TOCError(
+                f"{name!r}: the chunk at {part.chunk_offset} is in {compressed} compressed "
+                f"bytes, more than the limit of {2 * self._max} (2 x limits.max_chunk_bytes)")
