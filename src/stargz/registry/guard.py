@@ -50,7 +50,7 @@ def cleartext_allowed(hosts: HostsConfig, url: httpx.URL) -> bool:
 
 def refuse_cleartext_credentials(hosts: HostsConfig) -> RequestHook:
     async def check(request: httpx.Request) -> None:
-        if not cleartext_allowed(hosts, request.url) and carries_credentials(request):
+        if carries_credentials(request) and not cleartext_allowed(hosts, request.url):
             raise AuthError(f"refusing to send credentials to {request.url.netloc.decode()} "
                             "over plain HTTP: it is not configured as a plain-HTTP host")
 
