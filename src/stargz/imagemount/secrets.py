@@ -21,9 +21,11 @@ _ENV_START_FIELD = 50 - 3
 
 def scrub_environment(names: Iterable[str] = SECRET_VARIABLES) -> None:
     """Remove ``names`` from the environment, including the initial block /proc shows."""
-    names = tuple(names)
+    names = tuple(name for name in names if name in os.environ)
+    if not names:
+        return
     for name in names:
-        os.environ.pop(name, None)  # what children and getenv see
+        del os.environ[name]  # what children and getenv see
     try:
         _wipe_initial_block(names)
     except OSError as err:
