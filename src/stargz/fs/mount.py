@@ -2,8 +2,9 @@
 
 pyfuse3 keeps one session per process, so :class:`LazyFS` is one mount per process, and layers
 are added to it while it runs: ``<mountpoint>/<layer digest>/`` is each layer's root, ready to be
-an overlayfs lowerdir. Run it on the current event loop (``await fs.serve()``, the snapshotter's
-way) or in a background thread (:class:`FuseThread`).
+an overlayfs lowerdir. Serve it on the current event loop for the span of a block
+(``async with fs.running(): ...``, the daemons' way), as a task of an anyio task group
+(``await group.start(fs.serve)``), or on a thread of its own (:class:`FuseThread`).
 """
 
 from __future__ import annotations
@@ -13,11 +14,16 @@ import contextlib
 import errno
 import logging
 import os
+import signal
 import subprocess
-import threading
 import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
+import anyio
+import anyio.abc
+import anyio.from_thread
 import pyfuse3
 import pyfuse3.asyncio
 
@@ -30,6 +36,7 @@ from stargz.fs.view import LayerView
 log = logging.getLogger(__name__)
 
 READ_AHEAD_KB = 1024  # the kernel caps a FUSE read at 256 pages; -o max_read breaks libfuse 3.14
+MOUNT_TIMEOUT_S = 10.0  # a mount not usable by then is an error
 MOUNT_OPTIONS = ("fsname=stargz", "subtype=stargz", "ro", "default_permissions", "allow_other")
 # An image's setuid-root binaries and device nodes must not work for whoever can reach the mount
 # (libfuse's default too, said explicitly). containerd's overlay over these directories is a
@@ -64,8 +71,11 @@ class LazyFS:
     def remove_layer(self, name: str) -> None:
         self.core.remove_layer(name)
 
-    async def serve(self, ready: asyncio.Event | None = None) -> None:
-        """Mount, then answer the kernel until :meth:`stop`; unmounts on the way out."""
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Mount, then answer the kernel until :meth:`stop`; unmounts on the way out.
+        ``await group.start(fs.serve)`` returns once the mount is usable, or raises why not."""
         if is_stale(self.mountpoint):
             cleanup_stale(self.mountpoint)
         try:
@@ -80,8 +90,7 @@ class LazyFS:
             await asyncio.to_thread(set_read_ahead, self.mountpoint, READ_AHEAD_KB)
             if self._metrics_address:
                 self.metrics.serve(self._metrics_address)
-            if ready is not None:
-                ready.set()
+            task_status.started()
             await main
         finally:
             if not main.done():
@@ -97,48 +106,111 @@ class LazyFS:
         if loop is not None:
             loop.call_soon_threadsafe(pyfuse3.terminate)
 
+    @contextlib.asynccontextmanager
+    async def running(self, timeout: float = MOUNT_TIMEOUT_S) -> AsyncIterator[anyio.Event]:
+        """Serve for the span of the block: usable on entry (RuntimeIntegrationError if not
+        within ``timeout``), stopped and unmounted on exit. Yields an event that is set if
+        the mount ends by itself (the block decides what to do then). The block's own
+        exception passes through as it is."""
+        ended = anyio.Event()
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        try:
+            with anyio.fail_after(timeout):
+                await group.start(self._serve_until_ended, ended)
+        except BaseException as err:
+            group.cancel_scope.cancel()
+            await group.__aexit__(None, None, None)
+            if isinstance(err, TimeoutError):
+                raise RuntimeIntegrationError(
+                    f"FUSE mount on {self.mountpoint} did not come up in {timeout} s") from None
+            raise
+        try:
+            yield ended
+        finally:
+            self.stop()
+            await group.__aexit__(None, None, None)  # waits for the unmount
+
+    async def _serve_until_ended(
+        self, ended: anyio.Event, *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        status = _Usable(task_status)
+        try:
+            await self.serve(task_status=status)
+        except Exception as err:  # after the start, a failure ends the mount: logged, not raised
+            if not status.usable:
+                raise
+            log.error("FUSE server on %s failed: %s", self.mountpoint, err)
+        finally:
+            ended.set()
+
+
+class _Usable(anyio.abc.TaskStatus[None]):
+    """Passes the start on, remembering whether it happened."""
+
+    def __init__(self, inner: anyio.abc.TaskStatus[None]) -> None:
+        self.inner = inner
+        self.usable = False
+
+    def started(self, value: None = None) -> None:
+        self.usable = True
+        self.inner.started(value)
+
 
 class FuseThread:
-    """Runs a :class:`LazyFS` on its own event loop in a background thread."""
+    """Serves a :class:`LazyFS` from an event loop on a thread of its own (an anyio portal)."""
 
     def __init__(self, fs: LazyFS) -> None:
         self.fs = fs
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-        self._ready = threading.Event()
+        self._portal: AbstractContextManager[anyio.from_thread.BlockingPortal] | None = None
+        self._running: AbstractContextManager[anyio.Event] | None = None
 
-    def start(self, timeout: float = 10.0) -> None:
-        self._thread = threading.Thread(target=self._run, name="stargz-fuse", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout) or self._error is not None:
-            raise RuntimeIntegrationError(
-                f"FUSE mount on {self.fs.mountpoint} did not come up: {self._error}")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self.fs.stop()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                raise RuntimeIntegrationError(f"FUSE server of {self.fs.mountpoint} did not stop")
-
-    def _run(self) -> None:
-        async def main() -> None:
-            ready = asyncio.Event()
-            server = asyncio.create_task(self.fs.serve(ready))
-            waiter = asyncio.create_task(ready.wait())
-            await asyncio.wait({server, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            if not server.done():
-                self._ready.set()
-            await server  # a mount error is raised here, before start() is told
-
+    def start(self, timeout: float = MOUNT_TIMEOUT_S) -> None:
+        """Returns once the mount is usable; raises why it is not."""
+        portal_cm = anyio.from_thread.start_blocking_portal(name="stargz-fuse")
+        portal = portal_cm.__enter__()
+        running = portal.wrap_async_context_manager(self.fs.running(timeout))
         try:
-            asyncio.run(main())
-        except BaseException as exc:
-            self._error = exc
-            log.error("FUSE server on %s failed: %s", self.fs.mountpoint, exc)
-        finally:
-            self._ready.set()
+            running.__enter__()
+        except BaseException as err:
+            portal_cm.__exit__(None, None, None)
+            log.error("FUSE server on %s failed: %s", self.fs.mountpoint, err)
+            raise
+        self._portal, self._running = portal_cm, running
+
+    def stop(self) -> None:
+        """Unmount and stop the thread."""
+        running, portal, self._running, self._portal = self._running, self._portal, None, None
+        if running is not None:
+            running.__exit__(None, None, None)
+        if portal is not None:
+            portal.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def on_stop_signals(stop: anyio.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set ``stop`` while the block runs (on asyncio, which pyfuse3 needs)."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        yield
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+async def first_set(*events: anyio.Event) -> None:
+    """Wait until any of ``events`` is set."""
+    async with anyio.create_task_group() as group:
+
+        async def wait(event: anyio.Event) -> None:
+            await event.wait()
+            group.cancel_scope.cancel()
+
+        for event in events:
+            group.start_soon(wait, event)
 
 
 def _unescape_mountinfo(field: str) -> str:

@@ -15,16 +15,17 @@ import argparse
 import asyncio
 import dataclasses
 import hashlib
-import signal
 import sys
 from pathlib import Path
+
+import anyio
 
 from stargz import logs
 from stargz.cache import cache_from_config
 from stargz.config import Config, load_config
 from stargz.errors import StargzError
-from stargz.fs.mount import LazyFS
-from stargz.layer import Layer, mount
+from stargz.fs.mount import LazyFS, first_set, on_stop_signals
+from stargz.layer import BackgroundScheduler, Layer, mount
 from stargz.remote.fetcher import FileBlobFetcher
 
 
@@ -34,8 +35,10 @@ def file_digest(path: Path) -> str:
 
 
 async def open_local_layers(specs: list[str], config: Config) -> list[Layer]:
-    """``BLOB`` or ``BLOB=TOCDIGEST`` each to a mounted layer sharing one chunk cache."""
+    """``BLOB`` or ``BLOB=TOCDIGEST`` each to a mounted layer sharing one chunk cache and the
+    process's background scheduler."""
     cache = cache_from_config(config.cache)
+    scheduler = BackgroundScheduler(config.background_quiet_sec, config.max_concurrency)
     layers = []
     for spec in specs:
         path_text, _, toc_digest = spec.partition("=")
@@ -43,29 +46,23 @@ async def open_local_layers(specs: list[str], config: Config) -> list[Layer]:
         fetcher = FileBlobFetcher(path)
         reason = None if toc_digest else f"no TOC digest given for {path}"
         layers.append(await mount(fetcher, file_digest(path), toc_digest or None, cache, config,
-                                  skip_verification_reason=reason))
+                                  skip_verification_reason=reason, scheduler=scheduler))
     return layers
 
 
 async def _serve(fs: LazyFS, specs: list[str], config: Config) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, fs.stop)
-    layers = await open_local_layers(specs, config)  # on this loop: their fetches run here
-    for layer in layers:
-        fs.add_layer(layer)
-    ready = asyncio.Event()
-    server = asyncio.create_task(fs.serve(ready))
-    waiter = asyncio.create_task(ready.wait())
-    await asyncio.wait({server, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    if ready.is_set():
-        print("ready", flush=True)
-    waiter.cancel()
-    try:
-        await server
-    finally:
-        for layer in layers:
-            await layer.close()
+    stop = anyio.Event()
+    with on_stop_signals(stop):
+        layers = await open_local_layers(specs, config)  # on this loop: their fetches run here
+        try:
+            for layer in layers:
+                fs.add_layer(layer)
+            async with fs.running() as ended:
+                print("ready", flush=True)
+                await first_set(stop, ended)
+        finally:
+            for layer in layers:
+                await layer.close()
 
 
 def main(argv: list[str] | None = None) -> int:

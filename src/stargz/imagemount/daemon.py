@@ -9,18 +9,17 @@ touch the mount runs in a thread: the loop that answers the kernel must never wa
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
+
 from stargz.config import Config
 from stargz.errors import RuntimeIntegrationError, StargzError
-from stargz.fs.mount import LazyFS
+from stargz.fs.mount import LazyFS, first_set, on_stop_signals
 from stargz.imagemount.layers import OpenLayer, close_layers, open_image_layers
 from stargz.imagemount.state import (
     MountState,
@@ -28,7 +27,7 @@ from stargz.imagemount.state import (
     mount_overlay,
     unmount_overlay,
 )
-from stargz.layer.pool import LayerPool, make_cache
+from stargz.layer.service import LayerService
 from stargz.registry.client import RegistryClient
 from stargz.registry.manifest import Platform
 from stargz.registry.reference import Reference
@@ -56,32 +55,48 @@ async def serve_image(request: MountRequest, registry: RegistryClient,
     # what the daemon creates (state, log, downloaded blobs, chunk cache) is for root only;
     # files users write through a --rw mount take their own umask, not this one
     os.umask(0o077)
-    await asyncio.to_thread(_prepare, state)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    await anyio.to_thread.run_sync(_prepare, state)
+    stop = anyio.Event()
     fs = LazyFS(state.fuse_dir, metrics_address=request.metrics_address,
                 allow_setuid_and_devices=request.allow_setuid_and_devices)
-    serving = await _start_fuse(fs)
-    pool = LayerPool(registry, make_cache(request.config), request.config)
     layers: list[OpenLayer] = []
+    with on_stop_signals(stop):
+        try:
+            async with LayerService(request.config, registry) as service:
+                try:
+                    async with fs.running(FUSE_READY_TIMEOUT_S) as ended:
+                        try:
+                            layers = await _mount_image(request, registry, service, fs)
+                            on_ready(layers)
+                            await first_set(stop, ended)
+                            if ended.is_set():
+                                log.error("the FUSE mount of %s ended; taking the image down",
+                                          state.mountpoint)
+                        finally:  # the overlay goes before the FUSE mount under it
+                            await _unmount_overlay(state)
+                finally:
+                    await close_layers(service, layers)
+        finally:
+            await anyio.to_thread.run_sync(cleanup, state)
+    log.info("%s unmounted", state.mountpoint)
+
+
+async def _mount_image(request: MountRequest, registry: RegistryClient, service: LayerService,
+                       fs: LazyFS) -> list[OpenLayer]:
+    manifest = await registry.get_manifest(request.image, request.platform)
+    layers = await open_image_layers(service, registry, request.image, manifest,
+                                     request.state.blobs_dir)
+    lowerdirs = _add_layers(fs, layers)
+    await anyio.to_thread.run_sync(mount_overlay, request.state, lowerdirs, request.writable,
+                                   request.allow_setuid_and_devices)
+    return layers
+
+
+async def _unmount_overlay(state: MountState) -> None:
     try:
-        manifest = await registry.get_manifest(request.image, request.platform)
-        layers = await open_image_layers(pool, request.image, manifest, state.blobs_dir)
-        lowerdirs = _add_layers(fs, layers)
-        await asyncio.to_thread(mount_overlay, state, lowerdirs, request.writable,
-                                request.allow_setuid_and_devices)
-        on_ready(layers)
-        waiting = asyncio.create_task(stop.wait())
-        await asyncio.wait({waiting, serving}, return_when=asyncio.FIRST_COMPLETED)
-        waiting.cancel()
-        if serving.done():
-            log.error("the FUSE mount of %s ended; taking the image down", state.mountpoint)
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
-        await _shut_down(fs, serving, pool, layers, state)
+        await anyio.to_thread.run_sync(unmount_overlay, state)
+    except StargzError as err:
+        log.error("%s", err)
 
 
 def _prepare(state: MountState) -> None:
@@ -97,23 +112,6 @@ def _prepare(state: MountState) -> None:
     state.create()
 
 
-async def _start_fuse(fs: LazyFS) -> asyncio.Task[None]:
-    ready = asyncio.Event()
-    serving = asyncio.create_task(fs.serve(ready))
-    waiter = asyncio.create_task(ready.wait())
-    await asyncio.wait({serving, waiter}, timeout=FUSE_READY_TIMEOUT_S,
-                       return_when=asyncio.FIRST_COMPLETED)
-    waiter.cancel()
-    if ready.is_set():
-        return serving
-    if serving.done() and not serving.cancelled():
-        error = serving.exception()
-        if isinstance(error, StargzError):
-            raise error
-    serving.cancel()
-    raise RuntimeIntegrationError(f"FUSE mount on {fs.mountpoint} did not come up")
-
-
 def _add_layers(fs: LazyFS, layers: list[OpenLayer]) -> list[Path]:
     """Each layer's directory, topmost first as overlayfs wants; a layer repeated in the image
     is served once, at its topmost place."""
@@ -127,18 +125,3 @@ def _add_layers(fs: LazyFS, layers: list[OpenLayer]) -> list[Path]:
         if callable(start):
             start()
     return lowerdirs
-
-
-async def _shut_down(fs: LazyFS, serving: asyncio.Task[None], pool: LayerPool,
-                     layers: list[OpenLayer], state: MountState) -> None:
-    try:
-        await asyncio.to_thread(unmount_overlay, state)
-    except StargzError as err:
-        log.error("%s", err)
-    fs.stop()
-    with contextlib.suppress(Exception):
-        await serving
-    await close_layers(pool, layers)
-    await pool.aclose()
-    await asyncio.to_thread(cleanup, state)
-    log.info("%s unmounted", state.mountpoint)

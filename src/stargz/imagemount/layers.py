@@ -1,7 +1,8 @@
 """An image's layers, ready to serve: eStargz layers lazily, other layers downloaded in full.
 
 A layer whose descriptor carries a TOC digest annotation is opened from the registry through
-the :class:`~stargz.layer.pool.LayerPool` (footer and TOC, verified; prefetch started). Any
+the process's :class:`~stargz.layer.service.LayerService` (footer and TOC, verified; prefetch
+waited for up to ``prefetch_timeout_sec``). Any
 other layer is downloaded (digest-checked while streaming), rebuilt into a local eStargz blob and
 served from that file by the same FUSE code, so whiteouts and opaque directories look the same
 to overlayfs whichever way a layer came.
@@ -21,7 +22,8 @@ from stargz.estargz.reader import VerifiedBlob, open_blob
 from stargz.estargz.source import FileSource
 from stargz.estargz.writer import TOC_DIGEST_ANNOTATION, BuildOptions, build
 from stargz.fs.view import BlobLayerView, LayerStatsView, LayerView
-from stargz.layer.pool import LayerPool
+from stargz.layer.service import LayerService
+from stargz.registry.client import RegistryClient
 from stargz.registry.manifest import Descriptor, Manifest
 from stargz.registry.reference import Reference
 
@@ -79,33 +81,36 @@ class OpenLayer:
         return self.descriptor.digest.replace(":", "-")  # overlayfs splits lowerdir on ':'
 
 
-async def open_image_layers(pool: LayerPool, ref: Reference, manifest: Manifest,
-                            blobs_dir: Path) -> list[OpenLayer]:
-    """Every layer of ``manifest``, bottom first; a failure closes what was opened."""
+async def open_image_layers(service: LayerService, registry: RegistryClient, ref: Reference,
+                            manifest: Manifest, blobs_dir: Path) -> list[OpenLayer]:
+    """Every layer of ``manifest``, bottom first, all at once; a failure closes what was
+    opened. Lazy layers come from ``service``, the others are downloaded with ``registry``."""
     layers = manifest.layers()
     if not layers:
         raise InvalidArgumentError(f"{ref}: the image has no layers")
     repo = ref.repo_only()
-    tasks = [asyncio.create_task(_open_one(pool, repo, d, blobs_dir)) for d in layers]
+    tasks = [asyncio.create_task(_open_one(service, registry, repo, d, blobs_dir))
+             for d in layers]
     done = await asyncio.gather(*tasks, return_exceptions=True)
     errors = [r for r in done if isinstance(r, BaseException)]
     if errors:
-        await close_layers(pool, [r for r in done if isinstance(r, OpenLayer)])
+        await close_layers(service, [r for r in done if isinstance(r, OpenLayer)])
         raise errors[0]
     return [r for r in done if isinstance(r, OpenLayer)]
 
 
-async def _open_one(pool: LayerPool, repo: Reference, descriptor: Descriptor,
-                    blobs_dir: Path) -> OpenLayer:
+async def _open_one(service: LayerService, registry: RegistryClient, repo: Reference,
+                    descriptor: Descriptor, blobs_dir: Path) -> OpenLayer:
     toc_digest = descriptor.annotations.get(TOC_DIGEST_ANNOTATION)
     if toc_digest:
-        layer = await pool.acquire(repo, descriptor.digest, toc_digest, descriptor.size or None)
+        layer = await service.acquire(repo, descriptor.digest, toc_digest,
+                                      descriptor.size or None)
         return OpenLayer(descriptor, layer, lazy=True)
-    view = await _download_in_full(pool, repo, descriptor, blobs_dir)
+    view = await _download_in_full(registry, repo, descriptor, blobs_dir)
     return OpenLayer(descriptor, view, lazy=False)
 
 
-async def _download_in_full(pool: LayerPool, repo: Reference, descriptor: Descriptor,
+async def _download_in_full(registry: RegistryClient, repo: Reference, descriptor: Descriptor,
                             blobs_dir: Path) -> BlobLayerView:
     digest = descriptor.digest
     print(f"stargz: notice: layer {digest} is not eStargz: downloading it in full "
@@ -115,7 +120,7 @@ async def _download_in_full(pool: LayerPool, repo: Reference, descriptor: Descri
     rebuilt = blobs_dir / f"{hex_digest}.estargz"
     with open(download, "wb") as out:
         # stream_blob checks the digest at the end: nothing is used before it finished
-        async for piece in pool.registry.stream_blob(repo, digest):
+        async for piece in registry.stream_blob(repo, digest):
             await asyncio.to_thread(out.write, piece)
     try:
         result = await asyncio.to_thread(_rebuild, download, rebuilt)
@@ -131,9 +136,9 @@ def _rebuild(tar: Path, out: Path) -> str:
         return build(src, dst, BuildOptions(level=LOCAL_LEVEL)).toc_digest
 
 
-async def close_layers(pool: LayerPool, layers: list[OpenLayer]) -> None:
+async def close_layers(service: LayerService, layers: list[OpenLayer]) -> None:
     for layer in layers:
         if layer.lazy:
-            await pool.release(layer.descriptor.digest)
+            await service.release(layer.descriptor.digest)
         elif isinstance(layer.view, BlobLayerView):
             layer.view.close()

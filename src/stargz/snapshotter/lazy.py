@@ -2,8 +2,9 @@
 
 A Prepare with remote-snapshot labels names a layer (image reference + layer digest) and its TOC
 digest. We open the blob (footer and TOC only, the TOC checked against the digest), add it to the
-daemon's FUSE mount and hand back ``<mountpoint>/<layer digest>`` as the overlayfs lowerdir. The
-image's other layers (``stargz.layers``) are opened in the background so their Prepares are quick.
+daemon's FUSE mount and hand back ``<mountpoint>/<layer digest>`` as the overlayfs lowerdir, once
+the layer's prefetch is done (at most ``prefetch_timeout_sec``). The image's other layers
+(``stargz.layers``) are resolved at the same time, so their Prepares are quick.
 Without a TOC digest we decline: the layer can not be verified, so it is downloaded as usual.
 
 Configured by a ``[lazy]`` table in the snapshotter's TOML file (see :func:`load_lazy`).
@@ -11,27 +12,27 @@ Configured by a ``[lazy]`` table in the snapshotter's TOML file (see :func:`load
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, AsyncExitStack
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio
+import anyio.abc
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
 from stargz.config import Config, config_from_dict, read_toml
-from stargz.errors import ConfigError, InvalidArgumentError, StargzError
-from stargz.estargz.reader import UnverifiedBlob, open_blob
+from stargz.errors import ConfigError, InvalidArgumentError
 from stargz.fs.mount import LazyFS
-from stargz.layer.layer import Layer
-from stargz.layer.opening import fetch_tail
-from stargz.layer.pool import make_cache
-from stargz.layer.stats import LayerStats
+from stargz.layer.service import LayerService
 from stargz.registry.client import RegistryClient
 from stargz.registry.credentials import CredentialStore
 from stargz.registry.hosts import HostsConfig
 from stargz.registry.reference import Reference
-from stargz.remote.fetcher import RegistryBlobFetcher, retry_policy
+from stargz.remote.fetcher import retry_policy
 from stargz.snapshotter.remote import (
     LABEL_CRI_IMAGE_LAYERS,
     LABEL_CRI_IMAGE_REF,
@@ -49,8 +50,6 @@ LAZY_TABLE = "lazy"
 MOUNT_DIR = "fuse"  # default mountpoint, inside the snapshotter's root
 CACHE_DIR = "cache"  # default chunk cache directory, inside the snapshotter's root
 MOUNT_TIMEOUT_S = 10.0
-RESOLVE_CONCURRENCY = 2  # other layers opened at once in the background
-WORKER_STOP_S = 10.0
 T = TypeVar("T")
 _OWN_KEYS = frozenset(
     {"enabled", "mountpoint", "plain_http", "plain_http_localhost", "hosts_dir"}
@@ -141,80 +140,107 @@ class LayerSource:
 
 
 class LazyLayers:
-    """RemoteLayers whose layers live in a worker thread with its own event loop.
+    """RemoteLayers whose layers live on a worker thread's event loop (an anyio portal).
 
     The snapshotter makes blocking filesystem calls (stat of a lowerdir) on its event loop; were
     the FUSE mount served by that same loop, such a call into the mount would wait for itself.
-    So the mount, the layers and their registry client run on the worker's loop, and each hook
-    call is handed over to it."""
+    So the mount and the process's :class:`LayerService` run on the worker's loop, and each
+    hook call is handed over to it (``BlockingPortal.call_async``)."""
 
     def __init__(self, settings: LazySettings) -> None:
         self.settings = settings
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._service: _LayerService | None = None
+        self._starting = anyio.Lock()
+        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
+        self._mounts_cm: AbstractContextManager[_LazyMounts] | None = None
+        self._worker: tuple[BlockingPortal, _LazyMounts] | None = None
 
     async def prepare_remote(
         self, key: str, parent_chain: Sequence[str], labels: Mapping[str, str]
     ) -> str | None:
-        return await self._call(lambda s: s.prepare_remote(labels))
+        return await self._call(lambda m: m.prepare_remote(labels))
 
     async def restore(self, name: str, labels: Mapping[str, str], previous_dir: str) -> str | None:
-        return await self._call(lambda s: s.restore(labels))
+        return await self._call(lambda m: m.restore(labels))
 
     async def release(self, name: str, directory: str) -> None:
-        await self._call(lambda s: s.release(directory))
+        await self._call(lambda m: m.release(directory))
 
     async def aclose(self) -> None:
-        """Unmount and stop the worker (the daemon calls this on its way out)."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        await self._call(lambda s: s.aclose())
-        loop.call_soon_threadsafe(loop.stop)
-        await asyncio.to_thread(thread.join, WORKER_STOP_S)
-        if not thread.is_alive():
-            loop.close()
-        self._loop = self._thread = self._service = None
+        """Unmount, close the layers, stop the worker (the daemon calls this on its way out)."""
+        async with self._starting:
+            mounts_cm, portal_cm = self._mounts_cm, self._portal_cm
+            self._worker = self._mounts_cm = self._portal_cm = None
+            if portal_cm is None:
+                return
 
-    async def _call(self, work: Callable[[_LayerService], Awaitable[T]]) -> T:
-        loop, service = self._start()
+            def stop() -> None:
+                try:
+                    if mounts_cm is not None:
+                        mounts_cm.__exit__(None, None, None)
+                finally:
+                    portal_cm.__exit__(None, None, None)
 
-        async def run() -> T:
-            return await work(service)
+            await anyio.to_thread.run_sync(stop)
 
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(run(), loop))
+    async def _call(self, work: Callable[[_LazyMounts], Awaitable[T]]) -> T:
+        portal, mounts = await self._started()
+        return await portal.call_async(work, mounts)
 
-    def _start(self) -> tuple[asyncio.AbstractEventLoop, _LayerService]:
-        if self._loop is None or self._service is None:
-            loop = asyncio.new_event_loop()
-            thread = threading.Thread(target=loop.run_forever, name="stargz-lazy", daemon=True)
-            thread.start()
-            self._loop, self._thread = loop, thread
-            self._service = _LayerService(self.settings)
-        return self._loop, self._service
+    async def _started(self) -> tuple[BlockingPortal, _LazyMounts]:
+        async with self._starting:
+            if self._worker is None:
+                self._worker = await anyio.to_thread.run_sync(self._start_worker)
+            return self._worker
+
+    def _start_worker(self) -> tuple[BlockingPortal, _LazyMounts]:
+        portal_cm = start_blocking_portal(name="stargz-lazy")
+        portal = portal_cm.__enter__()
+        try:
+            mounts_cm = portal.wrap_async_context_manager(_LazyMounts(self.settings))
+            mounts = mounts_cm.__enter__()
+        except BaseException:
+            portal_cm.__exit__(None, None, None)
+            raise
+        self._portal_cm, self._mounts_cm = portal_cm, mounts_cm
+        return portal, mounts
 
 
-class _LayerService:
-    """Every layer in one FUSE mount, with per-directory use counts (on the worker's loop)."""
+class _LazyMounts:
+    """The worker's side: the layers of the process's LayerService, served in one FUSE mount
+    (mounted at the first Prepare), a directory per layer."""
 
     def __init__(self, settings: LazySettings) -> None:
         self.settings = settings
+        self._stack = AsyncExitStack()
+        self._service: LayerService | None = None
+        self._group: anyio.abc.TaskGroup | None = None  # serves the FUSE mount
+        self._fs: LazyFS | None = None
+        self._fs_ended: anyio.Event | None = None
+        self._mount_lock = anyio.Lock()
+        self._digests: dict[str, str] = {}  # directory name -> layer digest
+
+    async def __aenter__(self) -> _LazyMounts:
+        settings = self.settings
         hosts = HostsConfig.create(settings.hosts_dir, insecure_hosts=settings.plain_http,
                                    plain_http_localhost=settings.plain_http_localhost)
         # Credentials as a user's: $STARGZ_USERNAME/$STARGZ_PASSWORD, then the Docker config.
-        self.registry = RegistryClient(hosts, CredentialStore.from_environment(),
-                                       retry=retry_policy(settings.layer.blob))
-        self.cache = make_cache(settings.layer)
-        self.fs: LazyFS | None = None
-        self._serving: asyncio.Task[None] | None = None
-        self._mount_lock = asyncio.Lock()
-        self._opening: dict[str, asyncio.Task[Layer]] = {}  # layer digest -> verified layer
-        self._resolved: dict[str, asyncio.Task[_Resolved]] = {}  # layer digest -> footer + TOC
-        self._uses: dict[str, int] = {}  # directory name -> times handed out
-        self._digests: dict[str, str] = {}  # directory name -> layer digest
-        self._resolving: set[asyncio.Task[None]] = set()
-        self._resolve_slots = asyncio.Semaphore(RESOLVE_CONCURRENCY)
+        registry = RegistryClient(hosts, CredentialStore.from_environment(),
+                                  retry=retry_policy(settings.layer.blob))
+        service = LayerService(settings.layer, registry, owns_registry=True)
+        self._service = await self._stack.enter_async_context(service)
+        self._group = await self._stack.enter_async_context(anyio.create_task_group())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Unmount (the mount's task group goes first), then close the layers and client."""
+        if self._fs is not None:
+            self._fs.stop()
+        await self._stack.aclose()
+
+    @property
+    def service(self) -> LayerService:
+        assert self._service is not None
+        return self._service
 
     async def prepare_remote(self, labels: Mapping[str, str]) -> str | None:
         source = LayerSource.from_labels(labels)
@@ -222,157 +248,70 @@ class _LayerService:
             log.info("layer %s has no TOC digest label: it can not be verified, declining",
                      source.digest)
             return None
+        for digest in source.image_layers:  # resolved alongside this one, for their Prepares
+            if digest != source.digest:
+                self.service.resolve_soon(source.repository, digest)
         with span("lazy_prepare", layer=source.digest):
-            directory = await self._mount_layer(source)
-        self._resolve_others(source)
-        return directory
+            return await self._mount_layer(source, wait_prefetch=True)
 
     async def restore(self, labels: Mapping[str, str]) -> str | None:
         source = LayerSource.from_labels(labels)
         if source.toc_digest is None:
             return None
-        return await self._mount_layer(source)
+        return await self._mount_layer(source, wait_prefetch=False)
 
     async def release(self, directory: str) -> None:
         name = Path(directory).name
-        uses = self._uses.get(name, 0) - 1
-        if uses > 0:
-            self._uses[name] = uses
-            return
-        self._uses.pop(name, None)
-        digest = self._digests.pop(name, name)
-        if self.fs is not None:
-            self.fs.remove_layer(name)
-        task = self._opening.pop(digest, None)
-        if task is not None and task.done() and not _failed(task):
-            await task.result().close()
-        log.info("layer %s released", digest)
+        digest = self._digests.get(name, name.replace("-", ":", 1))
+        await self.service.release(digest)
+        if self.service.uses(digest) == 0:
+            self._digests.pop(name, None)
+            if self._fs is not None:
+                self._fs.remove_layer(name)
 
-    async def aclose(self) -> None:
-        """Stop background work, unmount, close the layers and the registry client."""
-        pending = [*self._resolving, *self._resolved.values()]
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, *self._opening.values(), return_exceptions=True)
-        for layer_task in self._opening.values():
-            if not _failed(layer_task):
-                await layer_task.result().close()
-        self._opening.clear()
-        self._resolved.clear()
-        if self.fs is not None and self._serving is not None:
-            self.fs.stop()
-            await asyncio.gather(self._serving, return_exceptions=True)
-        await self.registry.aclose()
-
-    # -- mounting ------------------------------------------------------------------------------
-
-    async def _mount_layer(self, source: LayerSource) -> str:
-        layer = await self._open(source)
-        with span("fuse_mount"):
-            fs = await self._ensure_mounted()
+    async def _mount_layer(self, source: LayerSource, wait_prefetch: bool) -> str:
+        """The layer's directory in the mount; with ``wait_prefetch``, once its prefetch is
+        done or ``prefetch_timeout_sec`` passed (the reference's wait before first use)."""
+        assert source.toc_digest is not None
+        layer = await self.service.acquire(source.repository, source.digest, source.toc_digest,
+                                           wait_prefetch=wait_prefetch)
+        try:
+            with span("fuse_mount"):
+                fs = await self._mounted()
+        except BaseException:
+            await self.service.release(source.digest)
+            raise
         name = layer_dirname(source.digest)
         with span("add_layer", layer=source.digest):
             directory = fs.add_layer(layer, name)
-        self._uses[name] = self._uses.get(name, 0) + 1
         self._digests[name] = source.digest
-        layer.start()  # prefetch (landmark), then the background fetch unless configured off
         event("mount_ready", layer=source.digest)
         log.info("layer %s mounted lazily at %s", source.digest, directory)
         return str(directory)
 
-    async def _ensure_mounted(self) -> LazyFS:
+    async def _mounted(self) -> LazyFS:
         async with self._mount_lock:
-            if self.fs is not None and self._serving is not None and not self._serving.done():
-                return self.fs
+            if self._fs is not None and self._fs_ended is not None and not self._fs_ended.is_set():
+                return self._fs
             mountpoint = self.settings.mountpoint
-            await asyncio.to_thread(mountpoint.mkdir, parents=True, exist_ok=True)
+            await anyio.to_thread.run_sync(partial(mountpoint.mkdir, parents=True, exist_ok=True))
             fs = LazyFS(mountpoint)
-            ready = asyncio.Event()
-            serving = asyncio.create_task(fs.serve(ready))
-            waiter = asyncio.create_task(ready.wait())
-            await asyncio.wait({serving, waiter}, timeout=MOUNT_TIMEOUT_S,
-                               return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            if not ready.is_set():
-                serving.cancel()
-                error = serving.exception() if serving.done() and not serving.cancelled() else None
-                if isinstance(error, StargzError):
-                    raise error
-                raise StargzError(f"FUSE mount on {mountpoint} did not come up: {error}")
-            self.fs, self._serving = fs, serving
+            assert self._group is not None
+            self._fs_ended = await self._group.start(self._keep_mounted, fs)
+            self._fs = fs
             return fs
 
-    async def _open(self, source: LayerSource) -> Layer:
-        """The verified layer, opened once and shared by everyone asking for it."""
-        task = self._opening.get(source.digest)
-        if task is None or _failed(task):
-            task = asyncio.create_task(self._open_layer(source))
-            self._opening[source.digest] = task
-        return await asyncio.shield(task)
-
-    async def _open_layer(self, source: LayerSource) -> Layer:
-        assert source.toc_digest is not None
-        with span("resolve_wait", layer=source.digest):  # shared with a background resolve
-            resolved = await self._resolve(source.repository, source.digest)
-        with span("verify", layer=source.digest):
-            blob = await asyncio.to_thread(resolved.blob.verify, source.toc_digest)
-        log.info("opened layer %s (%d bytes) from %s", source.digest, resolved.fetcher.size,
-                 source.repository)
-        with span("index", layer=source.digest):
-            return Layer(source.digest, blob, resolved.fetcher, self.cache, self.settings.layer,
-                         resolved.stats)
-
-    def _resolve(self, repository: Reference, digest: str) -> asyncio.Future[_Resolved]:
-        """Footer and TOC of a blob, fetched once (verified later, by the layer's own Prepare:
-        only its labels carry its TOC digest)."""
-        task = self._resolved.get(digest)
-        if task is None or _failed(task):
-            task = asyncio.create_task(self._fetch_toc(repository, digest))
-            self._resolved[digest] = task
-        return asyncio.shield(task)
-
-    async def _fetch_toc(self, repository: Reference, digest: str) -> _Resolved:
-        with span("head", layer=digest) as head:
-            size = await self.registry.head_blob(repository, digest)
-            head.set(size=size)
-        fetcher = RegistryBlobFetcher(self.registry, repository, digest, size)
-        stats = LayerStats(size=size)
-        with span("toc_fetch", layer=digest) as fetch:
-            tail = await fetch_tail(fetcher, self.settings.layer.blob.fetch_timeout_sec, stats)
-            fetch.set(bytes=stats.fetched_metadata, requests=stats.requests)
-        with span("toc_parse", layer=digest) as parse:
-            blob = await asyncio.to_thread(open_blob, tail)
-            parse.set(entries=len(blob.toc.entries))
-        return _Resolved(fetcher, blob, stats)
-
-    def _resolve_others(self, source: LayerSource) -> None:
-        """Fetch the TOCs of the image's other layers now, so their Prepares are quick."""
-        for digest in source.image_layers:
-            if digest == source.digest or digest in self._resolved:
-                continue
-            task = asyncio.create_task(self._resolve_quietly(source.repository, digest))
-            self._resolving.add(task)
-            task.add_done_callback(self._resolving.discard)
-
-    async def _resolve_quietly(self, repository: Reference, digest: str) -> None:
-        async with self._resolve_slots:
-            try:
-                await self._resolve(repository, digest)
-            except StargzError as err:  # its own Prepare will try again, and fall back
-                log.info("resolving layer %s in the background failed: %s", digest, err)
-
-
-@dataclass(frozen=True)
-class _Resolved:
-    fetcher: RegistryBlobFetcher
-    blob: UnverifiedBlob
-    stats: LayerStats
+    @staticmethod
+    async def _keep_mounted(
+        fs: LazyFS, *, task_status: anyio.abc.TaskStatus[anyio.Event] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve ``fs`` until it is stopped or ends (a task of the worker's group)."""
+        async with fs.running(MOUNT_TIMEOUT_S) as ended:
+            task_status.started(ended)
+            await ended.wait()
 
 
 def layer_dirname(digest: str) -> str:
     """The layer's directory in the mount: its digest without the ":" overlayfs splits on."""
     return digest.replace(":", "-")
 
-
-def _failed(task: asyncio.Task[Any]) -> bool:
-    return task.done() and (task.cancelled() or task.exception() is not None)
