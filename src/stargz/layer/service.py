@@ -37,6 +37,7 @@ from typing import Generic, TypeVar
 import anyio
 import anyio.abc
 
+from stargz import opmetrics
 from stargz.cache import ChunkCache, write_behind_cache
 from stargz.config import Config
 from stargz.errors import InvalidArgumentError, StargzError, TOCDigestMismatch, TransportError
@@ -148,6 +149,11 @@ class LayerService:
         ``wait_prefetch``, returns once the prefetch is done or ``prefetch_timeout_sec`` passed."""
         if not toc_digest:
             raise InvalidArgumentError(f"layer {digest} has no TOC digest: it can not be verified")
+        with opmetrics.timed(opmetrics.MOUNT, digest):
+            return await self._acquire(repo, digest, toc_digest, size, wait_prefetch)
+
+    async def _acquire(self, repo: Reference, digest: str, toc_digest: str, size: int | None,
+                       wait_prefetch: bool) -> Layer:
         with self.scheduler.prioritized():
             with span("resolve_wait", layer=digest):  # shared with a background resolve
                 resolution = self._use(await self._resolve(repo, digest, size))
@@ -210,9 +216,11 @@ class LayerService:
                 head.set(size=fetcher.size)
             stats = LayerStats(size=fetcher.size)
             with span("toc_fetch", layer=digest) as fetch:
-                tail = await fetch_tail(fetcher, self.config.blob.fetch_timeout_sec, stats)
+                tail = await fetch_tail(fetcher, self.config.blob.fetch_timeout_sec, stats,
+                                        digest)
                 fetch.set(bytes=stats.fetched_metadata, requests=stats.requests)
-            with span("toc_parse", layer=digest) as parse:
+            with span("toc_parse", layer=digest) as parse, \
+                    opmetrics.timed(opmetrics.DESERIALIZE_TOC_JSON, digest):
                 unverified = await anyio.to_thread.run_sync(open_blob, tail)
                 parse.set(entries=len(unverified.toc.entries))
         resolution = Resolution(digest, fetcher, stats, unverified, unverified.toc_digest)
@@ -276,7 +284,8 @@ class LayerService:
                                 size: int | None) -> BlobFetcher:
         assert self.registry is not None
         if size is None:
-            size = await self.registry.head_blob(repo, digest)
+            with opmetrics.timed(opmetrics.STARGZ_HEADER_GET, digest):
+                size = await self.registry.head_blob(repo, digest)
         return RegistryBlobFetcher(self.registry, repo, digest, size)
 
     # -- uses and eviction -------------------------------------------------------------------
