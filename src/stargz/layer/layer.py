@@ -1,8 +1,14 @@
 """One lazily pulled layer: verified chunks from caches or fetched on demand.
 
-Every chunk is decompressed and checked against its chunkDigest (VerifiedBlob.decode_chunk)
+Every chunk is decompressed and checked against its chunkDigest (VerifiedBlob.decode_member)
 before it is cached or returned. Concurrent readers of a chunk share one fetch. Decompression,
 hashing and disk I/O run in worker threads so the event loop (FUSE, gRPC) stays responsive.
+
+Memory is bounded whatever the blob claims: a chunk needs at most limits.max_chunk_bytes to
+decode (refused when the TOC is opened, and again here against this layer's own config), a
+member shared by several chunks is decoded once, a read holds at most about one such bound
+at a time, and a background request at most PLAIN_PER_COMPRESSED x background_batch_bytes
+of decoded chunks (plus one member).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from stargz.errors import (
     InvalidArgumentError,
     NotFoundError,
     StargzError,
+    TOCError,
     TransportError,
 )
 from stargz.estargz.chunks import Chunk
@@ -33,6 +40,10 @@ from stargz.remote.regions import Range, merge_ranges, slice_from
 from stargz.trace import span
 
 log = logging.getLogger(__name__)
+
+# Decoded bytes a background request may hold per compressed byte fetched: layers inflate
+# 2-3x, so real groups are cut by their compressed size; a hostile zero-filled one is not.
+PLAIN_PER_COMPRESSED = 4
 
 
 class Layer:
@@ -61,6 +72,7 @@ class Layer:
         self.scheduler = scheduler or BackgroundScheduler(config.background_quiet_sec,
                                                           config.max_concurrency)
         self.all_chunks = _chunks_in_blob_order(blob)
+        _check_chunk_limits(self.all_chunks, config.limits.max_chunk_bytes)
         self._by_member: dict[int, list[Chunk]] = {}  # only members holding several chunks
         for chunk in self.all_chunks:
             self._by_member.setdefault(chunk.compressed_offset, []).append(chunk)
@@ -112,19 +124,22 @@ class Layer:
         wanted = [
             c for c in self._blob.chunks(entry.name) if c.end > offset and c.chunk_offset < end
         ]
+        # A read of many small chunks goes in steps, so it never holds much more than the
+        # bytes it returns (a FUSE read is one step: at most 1 MiB, usually one chunk).
+        bound = self.config.limits.max_chunk_bytes
+        parts: list[bytes] = []
         try:
             with span("read", layer=self._digest, path=entry.name, offset=offset,
                       size=end - offset):  # ms: how long the reader waited
-                # all in memory: answered right here, no task, no thread, no scheduling
-                found = self._from_memory(wanted) or await self.load(wanted, "on_demand")
+                for step in _groups(wanted, 2 * bound, bound):
+                    # all in memory: answered right here, no task, no thread, no scheduling
+                    found = self._from_memory(step) or await self.load(step, "on_demand")
+                    parts += (found[c.digest][max(offset, c.chunk_offset) - c.chunk_offset :
+                                              min(end, c.end) - c.chunk_offset] for c in step)
+                    del found
         except StargzError as err:
             self._stats.last_error = str(err)
             raise
-        parts = [
-            found[c.digest][max(offset, c.chunk_offset) - c.chunk_offset : min(end, c.end)
-                            - c.chunk_offset]
-            for c in wanted
-        ]
         return b"".join(parts)
 
     def note_use(self) -> None:
@@ -289,16 +304,23 @@ class Layer:
     def _decode_all(
         self, chunks: list[Chunk], ranges: list[Range], data: list[bytes]
     ) -> list[tuple[Chunk, bytes | StargzError]]:
-        results: list[tuple[Chunk, bytes | StargzError]] = []
+        """Decode and verify ``chunks``; each member (shared by packed small files) once."""
+        members: dict[tuple[int, int], list[Chunk]] = {}
         for chunk in chunks:
-            member = slice_from(ranges, data, (chunk.compressed_offset, chunk.compressed_end))
+            members.setdefault((chunk.compressed_offset, chunk.compressed_end), []).append(chunk)
+        results: list[tuple[Chunk, bytes | StargzError]] = []
+        for span_, siblings in members.items():
+            member = slice_from(ranges, data, span_)
             try:
-                plain = self._blob.decode_chunk(chunk, member)
-            except StargzError as err:  # tampered or damaged: never cached, never served
-                results.append((chunk, type(err)(f"layer {self._digest}: {err}")))
-                continue
-            self._cache_put(chunk.digest, plain)
-            results.append((chunk, plain))
+                decoded = self._blob.decode_member(siblings, member)
+            except StargzError as err:
+                decoded = [err for _ in siblings]
+            for chunk, plain in zip(siblings, decoded, strict=True):
+                if isinstance(plain, StargzError):  # tampered or damaged: never cached or served
+                    results.append((chunk, type(plain)(f"layer {self._digest}: {plain}")))
+                    continue
+                self._cache_put(chunk.digest, plain)
+                results.append((chunk, plain))
         return results
 
     def _cache_put(self, digest: str, data: bytes) -> None:
@@ -376,7 +398,8 @@ class Layer:
     async def _fetch_groups(self, chunks: list[Chunk], kind: FetchKind) -> int:
         """Load ``chunks`` in groups with ``max_concurrency`` workers; the number of groups
         that failed. Background groups go through the process's scheduler."""
-        groups = _groups(chunks, self.config.background_batch_bytes)
+        batch = self.config.background_batch_bytes
+        groups = _groups(chunks, batch, PLAIN_PER_COMPRESSED * batch)
         failures = 0
 
         async def worker() -> None:
@@ -413,20 +436,32 @@ def _as_stargz(err: BaseException) -> StargzError:
     return TransportError(f"fetch failed: {type(err).__name__}: {err}")
 
 
-def _groups(chunks: list[Chunk], max_bytes: int) -> list[list[Chunk]]:
-    """Consecutive chunks in groups of about ``max_bytes`` compressed bytes; chunks sharing a
-    member stay in one group so the member is fetched once."""
+def _groups(chunks: list[Chunk], max_compressed: int, max_plain: int) -> list[list[Chunk]]:
+    """Consecutive chunks in groups of about ``max_compressed`` compressed bytes and at most
+    about ``max_plain`` decoded ones; chunks sharing a member stay in one group so the member
+    is fetched (and decoded) once."""
     groups: list[list[Chunk]] = []
-    size = 0
+    compressed = plain = 0
     for chunk in chunks:
         same_member = bool(groups) and groups[-1][-1].compressed_offset == chunk.compressed_offset
-        if not groups or (size >= max_bytes and not same_member):
+        full = compressed >= max_compressed or plain + chunk.chunk_size > max_plain
+        if not groups or (full and not same_member):
             groups.append([])
-            size = 0
+            compressed = plain = 0
         groups[-1].append(chunk)
+        plain += chunk.chunk_size
         if not same_member:
-            size += chunk.compressed_size
+            compressed += chunk.compressed_size
     return groups
+
+
+def _check_chunk_limits(chunks: list[Chunk], max_chunk_bytes: int) -> None:
+    """This layer's own bound (its TOC may have been opened under another config)."""
+    for chunk in chunks:
+        if chunk.inner_offset + chunk.chunk_size > max_chunk_bytes or \
+                chunk.compressed_size > 2 * max_chunk_bytes:
+            raise TOCError(f"{chunk.path!r}: the chunk at {chunk.chunk_offset} is over the "
+                           f"limit of {max_chunk_bytes} bytes (limits.max_chunk_bytes)")
 
 
 async def mount(

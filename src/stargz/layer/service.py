@@ -221,7 +221,7 @@ class LayerService:
                 fetch.set(bytes=stats.fetched_metadata, requests=stats.requests)
             with span("toc_parse", layer=digest) as parse, \
                     opmetrics.timed(opmetrics.DESERIALIZE_TOC_JSON, digest):
-                unverified = await anyio.to_thread.run_sync(open_blob, tail)
+                unverified = await anyio.to_thread.run_sync(open_blob, tail, self.config.limits)
                 parse.set(entries=len(unverified.toc.entries))
         resolution = Resolution(digest, fetcher, stats, unverified, unverified.toc_digest)
         self._resolved[digest] = resolution
