@@ -102,10 +102,13 @@ def _register_build(sub: Subparsers) -> None:
 
 
 def prioritized_paths(args: argparse.Namespace) -> tuple[str, ...]:
+    """--prioritize paths, then --prioritize-file's (one a line, or the reference's JSON
+    records: ``stargz.convert.workload``)."""
+    from stargz.convert.workload import read_record_paths
+
     paths: list[str] = list(args.prioritize)
     if args.prioritize_file is not None:
-        text = args.prioritize_file.read_text(encoding="utf-8", errors="surrogateescape")
-        paths += [line.rstrip("\r") for line in text.split("\n") if line.rstrip("\r")]
+        paths += read_record_paths(args.prioritize_file)
     return tuple(paths)
 
 

@@ -39,14 +39,26 @@ def register(commands: Subparsers) -> None:
                      default=4 << 20, help="chunk size in bytes (default 4 MiB)")
     cmd.add_argument("--level", "--estargz-compression-level", type=non_negative_int,
                      metavar="L", default=9, help="compression level (default 9)")
-    cmd.add_argument("--min-chunk-size", type=non_negative_int, metavar="N", default=0,
+    cmd.add_argument("--min-chunk-size", "--estargz-min-chunk-size", type=non_negative_int,
+                     metavar="N", default=0,
                      help="pack files smaller than N bytes into shared members")
     cmd.add_argument("--prioritize", action="extend", nargs="+", default=[], metavar="PATH",
                      help="files the workload reads first, in access order")
-    cmd.add_argument("--prioritize-file", "--estargz-record-in", type=Path, metavar="FILE",
-                     help="prioritized paths, one a line")
+    cmd.add_argument("--prioritize-file", type=Path, metavar="FILE",
+                     help="prioritized paths, one a line (or JSON records)")
+    cmd.add_argument("--estargz-record-in", type=Path, metavar="FILE",
+                     help="a workload record ('ctr-remote images optimize --record-out' JSON "
+                     "lines, or one path a line): its files first, in every layer that has them")
     cmd.add_argument("--allow-missing-prioritized", action="store_true",
                      help="skip prioritized paths a layer does not have")
+    cmd.add_argument("--estargz-external-toc", action="store_true",
+                     help="keep each layer's TOC in a separate TOC image, tagged "
+                     "DST's tag + '-esgztoc' (push both to the same registry)")
+    cmd.add_argument("--estargz-keep-diff-id", action="store_true",
+                     help="convert without changing the layers' diff IDs (needs "
+                     "--estargz-external-toc; no prioritized files)")
+    cmd.add_argument("--uncompress", action="store_true",
+                     help="write the layers as uncompressed tar instead (no eStargz)")
     cmd.add_argument("--platform", action="append", default=[], metavar="OS/ARCH[/VARIANT]",
                      help="convert only these platforms of an index (default: all)")
     cmd.add_argument("--parallel", type=positive_int, default=2, metavar="N",
@@ -57,19 +69,26 @@ def register(commands: Subparsers) -> None:
 
 def run_convert(args: argparse.Namespace) -> int:
     from stargz.convert.converter import ConvertOptions
+    from stargz.convert.workload import read_record_paths
 
     source, dest = Reference.parse(args.source), Reference.parse(args.dest)
+    recorded = read_record_paths(args.estargz_record_in) if args.estargz_record_in else ()
     options = ConvertOptions(
         zstd_chunked=args.zstd_chunked,
         oci=args.oci,
         chunk_size=args.chunk_size,
         level=args.level,
         min_chunk_size=args.min_chunk_size,
-        prioritized=prioritized_paths(args),
-        allow_missing_prioritized=args.allow_missing_prioritized,
+        prioritized=tuple(dict.fromkeys(prioritized_paths(args) + recorded)),
+        # a record names the files of every layer: each layer has only some (the reference too)
+        allow_missing_prioritized=args.allow_missing_prioritized or bool(recorded),
         platforms=tuple(args.platform),
         parallel_layers=args.parallel,
+        external_toc=args.estargz_external_toc,
+        keep_diff_id=args.estargz_keep_diff_id,
+        uncompress=args.uncompress,
     )
+    options.check()  # a meaningless combination fails here, before any download
     started = time.monotonic()
     result = asyncio.run(_convert(args, source, dest, options))
     elapsed = time.monotonic() - started

@@ -14,13 +14,15 @@ import logging
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from stargz.convert import mediatypes as mt
+from stargz.convert.externaltoc import ExternalTOC, put_toc_image, toc_blob_descriptor
 from stargz.convert.progress import ConvertProgress, PlainProgress
 from stargz.convert.records import ConversionRecord, ConversionRecords
 from stargz.convert.store import ImageStore
 from stargz.errors import BuildError, FormatError
+from stargz.estargz.tarinput import TarInput
 from stargz.estargz.writer import BuildOptions, BuildResult, build
 from stargz.registry.manifest import Descriptor, Manifest, Platform
 
@@ -39,6 +41,9 @@ class ConvertOptions:
     platforms: tuple[str, ...] = ()  # "os/arch[/variant]"; empty = every platform
     parallel_layers: int = 2
     workdir: Path | None = None
+    external_toc: bool = False  # ctr-remote's --estargz-external-toc: TOCs in <tag>-esgztoc
+    keep_diff_id: bool = False  # --estargz-keep-diff-id (with external_toc)
+    uncompress: bool = False  # --uncompress: plain tar layers, no eStargz
 
     def build_options(self) -> BuildOptions:
         return BuildOptions(
@@ -48,7 +53,17 @@ class ConvertOptions:
             prioritized=self.prioritized,
             allow_missing_prioritized=self.allow_missing_prioritized,
             compression="zstd-chunked" if self.zstd_chunked else "gzip",
+            external_toc=self.external_toc,
+            keep_diff_id=self.keep_diff_id,
         )
+
+    def check(self) -> None:
+        """Refuse combinations that mean nothing, before anything is downloaded."""
+        if self.uncompress and (self.zstd_chunked or self.external_toc or self.prioritized):
+            raise BuildError("--uncompress writes plain tar layers: it takes no eStargz or "
+                             "zstd:chunked option")
+        if not self.uncompress:
+            self.build_options().check()
 
     def record_key(self) -> str:
         """What makes two conversions of one layer produce the same blob."""
@@ -59,6 +74,9 @@ class ConvertOptions:
             "min_chunk": self.min_chunk_size,
             "prio": list(self.prioritized),
             "allow_missing": self.allow_missing_prioritized,
+            "external_toc": self.external_toc,
+            "keep_diff_id": self.keep_diff_id,
+            "uncompress": self.uncompress,
         }
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -96,8 +114,10 @@ class Converter:
         self._records = records or ConversionRecords.default()
         self._layer_slots = asyncio.Semaphore(max(1, options.parallel_layers))
         self._result = ConvertResult(digest="", media_type="", size=0)
+        self._tocs: list[ExternalTOC] = []
 
     async def convert(self, source_ref: str, dest_tag: str) -> ConvertResult:
+        self._options.check()
         root = await self._source.get_manifest(source_ref)
         if root.media_type in mt.INDEX_TYPES:
             converted = await self._convert_index(root)
@@ -105,6 +125,8 @@ class Converter:
             converted = await self._convert_manifest(root)
         else:
             raise FormatError(f"{source_ref}: unsupported manifest type {root.media_type!r}")
+        if self._options.external_toc:  # before the image's tag: it must find its TOCs
+            await put_toc_image(self._dest, dest_tag, self._tocs)
         await self._dest.put_manifest(dest_tag, converted)
         self._result.digest = converted.digest
         self._result.media_type = converted.media_type
@@ -173,7 +195,8 @@ class Converter:
                 self._progress.finish(layer.digest, "already converted: kept")
                 return _ConvertedLayer(layer, diff_id)
             record = self._records.get(layer.digest, self._options.record_key())
-            if record is not None and await self._dest.has_blob(record.digest):
+            if record is not None and await self._reusable(record):
+                self._note_toc(record)
                 self._result.layers_reused += 1
                 self._progress.finish(layer.digest, f"reused {record.digest[:19]}")
                 return _ConvertedLayer(self._descriptor(layer, record), record.diff_id)
@@ -193,13 +216,31 @@ class Converter:
             self._progress.start(key, "pushing", built.blob_size)
             desc = self._descriptor(layer, record)
             await self._dest.push_blob(desc, out_path, lambda n: self._progress.advance(key, n))
+            if built.external_toc:
+                toc = toc_blob_descriptor(record.toc_blob_digest, record.toc_blob_size)
+                await self._dest.push_blob(toc, built.external_toc, lambda _: None)
+        self._note_toc(record)
         self._records.put(record)
         self._progress.finish(key, f"converted to {record.digest[:19]} ({record.size} bytes)")
         return record
 
     def _build_file(self, src_path: Path, out_path: Path) -> BuildResult:
         with src_path.open("rb") as src, out_path.open("wb") as out:
+            if self._options.uncompress:
+                return _uncompress(src, out)
             return build(src, out, self._options.build_options())
+
+    async def _reusable(self, record: ConversionRecord) -> bool:
+        """A recorded conversion whose blobs (the layer, and its TOC if external) are there."""
+        if self._options.external_toc and not record.toc_blob_digest:
+            return False
+        blobs = [record.digest] + ([record.toc_blob_digest] if record.toc_blob_digest else [])
+        return all([await self._dest.has_blob(blob) for blob in blobs])
+
+    def _note_toc(self, record: ConversionRecord) -> None:
+        if record.toc_blob_digest:
+            self._tocs.append(
+                ExternalTOC(record.digest, record.toc_blob_digest, record.toc_blob_size))
 
     async def _copy_blob(self, desc: Descriptor) -> None:
         if await self._dest.has_blob(desc.digest):
@@ -213,6 +254,8 @@ class Converter:
     def _already_converted(self, layer: Descriptor) -> bool:
         if layer.media_type not in mt.CONVERTIBLE_LAYERS:
             return True  # foreign layers are never converted, only carried over
+        if self._options.uncompress:
+            return layer.media_type in (mt.OCI_LAYER, mt.DOCKER_LAYER)
         zstd = self._options.zstd_chunked
         if zstd != (layer.media_type == mt.OCI_LAYER_ZSTD):
             return False
@@ -220,6 +263,12 @@ class Converter:
         return wanted <= layer.annotations.keys()
 
     def _descriptor(self, layer: Descriptor, record: ConversionRecord) -> Descriptor:
+        if self._options.uncompress:  # what the layer was compressed as no longer applies
+            stale = mt.ESTARGZ_ANNOTATIONS | mt.ZSTD_CHUNKED_ANNOTATIONS
+            return Descriptor(
+                media_type=mt.uncompressed_layer_type(layer.media_type, oci=self._options.oci),
+                digest=record.digest, size=record.size,
+                annotations={k: v for k, v in layer.annotations.items() if k not in stale})
         return Descriptor(
             media_type=mt.converted_layer_type(layer.media_type, **self._flags()),
             digest=record.digest,
@@ -236,6 +285,20 @@ class Converter:
 
     def _flags(self) -> dict[str, bool]:
         return {"oci": self._options.oci, "zstd_chunked": self._options.zstd_chunked}
+
+
+def _uncompress(src: BinaryIO, out: BinaryIO) -> BuildResult:
+    """The layer as a plain tar (``--uncompress``): its digest is its diff_id."""
+    tar = TarInput(src)
+    digest = hashlib.sha256()
+    size = 0
+    while piece := tar.read(4 << 20):
+        out.write(piece)
+        digest.update(piece)
+        size += len(piece)
+    plain = "sha256:" + digest.hexdigest()
+    return BuildResult(toc_digest="", diff_id=plain, blob_digest=plain, blob_size=size,
+                       uncompressed_size=size, compression="gzip", toc_offset=0)
 
 
 def _manifest_of(doc: dict[str, Any], media_type: str) -> Manifest:

@@ -50,6 +50,13 @@ def converted_layer_type(source_type: str, *, oci: bool, zstd_chunked: bool) -> 
     return OCI_LAYER_GZIP
 
 
+def uncompressed_layer_type(source_type: str, *, oci: bool) -> str:
+    """``--uncompress``: a plain tar layer, Docker's type kept unless --oci."""
+    if source_type.startswith("application/vnd.docker.") and not oci:
+        return DOCKER_LAYER
+    return OCI_LAYER
+
+
 def converted_manifest_type(source_type: str, *, oci: bool, zstd_chunked: bool) -> str:
     if source_type == DOCKER_MANIFEST and not (oci or zstd_chunked):
         return DOCKER_MANIFEST
@@ -73,5 +80,5 @@ __all__ = [
     "DOCKER_MANIFEST", "ESTARGZ_ANNOTATIONS", "INDEX_TYPES", "MANIFEST_TYPES", "OCI_CONFIG",
     "OCI_INDEX", "OCI_LAYER", "OCI_LAYER_GZIP", "OCI_LAYER_ZSTD", "OCI_MANIFEST",
     "ZSTD_CHUNKED_ANNOTATIONS", "converted_config_type", "converted_index_type",
-    "converted_layer_type", "converted_manifest_type",
+    "converted_layer_type", "converted_manifest_type", "uncompressed_layer_type",
 ]

@@ -7,6 +7,7 @@ afresh otherwise.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -24,9 +25,12 @@ class ConversionRecord:
     size: int
     diff_id: str
     annotations: dict[str, str]
+    toc_blob_digest: str = ""  # external TOC only: the TOC blob the TOC image needs
+    toc_blob_size: int = 0
 
     @classmethod
     def of(cls, source_digest: str, options_key: str, built: BuildResult) -> ConversionRecord:
+        toc = built.external_toc
         return cls(
             source_digest=source_digest,
             options_key=options_key,
@@ -34,6 +38,8 @@ class ConversionRecord:
             size=built.blob_size,
             diff_id=built.diff_id,
             annotations=dict(built.annotations()),
+            toc_blob_digest="sha256:" + hashlib.sha256(toc).hexdigest() if toc else "",
+            toc_blob_size=len(toc),
         )
 
 

@@ -2,7 +2,9 @@
 
 Three kinds are understood: the eStargz footer (51 bytes), the legacy CRFS stargz
 footer (47 bytes) and the zstd:chunked footer (48 bytes, a skippable frame). The
-external-TOC footer (46 bytes) is recognised only to refuse it clearly.
+external-TOC footer (46 bytes: the TOC is kept in a separate "TOC image", as the reference's
+``--estargz-external-toc`` writes it) makes ``parse_footer`` raise ExternalTOCError, so a
+reader that was given no TOC says so; ``external_toc_footer`` writes it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ _GZIP_EXTRA_HEADER = b"\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\xff"
 # A final stored deflate block of length 0, then CRC32=0 and ISIZE=0.
 _EMPTY_DEFLATE_AND_TRAILER = b"\x01\x00\x00\xff\xff" + b"\x00" * 8
 
-FooterKind = Literal["estargz", "legacy", "zstd-chunked"]
+FooterKind = Literal["estargz", "legacy", "zstd-chunked", "external"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,20 @@ def estargz_footer(toc_offset: int) -> bytes:
     return _GZIP_EXTRA_HEADER + struct.pack("<H", len(extra)) + extra + _EMPTY_DEFLATE_AND_TRAILER
 
 
+def external_toc_footer() -> bytes:
+    """The 46-byte footer of a blob whose TOC is kept outside it (the reference's external TOC)."""
+    extra = b"SG" + struct.pack("<H", len(_EXTERNAL_TOC_MAGIC)) + _EXTERNAL_TOC_MAGIC
+    return _GZIP_EXTRA_HEADER + struct.pack("<H", len(extra)) + extra + _EMPTY_DEFLATE_AND_TRAILER
+
+
+def external_footer(blob_size: int) -> Footer:
+    """The Footer of an external-TOC blob: file data may run up to its 46-byte footer."""
+    end = blob_size - EXTERNAL_TOC_FOOTER_SIZE
+    if end < 0:
+        raise FooterError(f"a {blob_size}-byte blob can not hold the external-TOC footer")
+    return Footer("external", end, 0, EXTERNAL_TOC_FOOTER_SIZE)
+
+
 def legacy_footer(toc_offset: int) -> bytes:
     """The 47-byte legacy (CRFS) stargz footer."""
     if not 0 <= toc_offset < 1 << 64:
@@ -113,7 +129,8 @@ def parse_footer(tail: bytes) -> Footer:
             extra = _gzip_footer_extra(tail[-size:])
             return parse(extra)
         except FooterError as err:
-            errors.append(str(err))
+            if str(err) not in errors:  # both sizes often fail alike: say it once
+                errors.append(str(err))
     _refuse_external_toc(tail)
     raise FooterError("no eStargz, legacy stargz or zstd:chunked footer: " + "; ".join(errors))
 
@@ -127,8 +144,8 @@ def _refuse_external_toc(tail: bytes) -> None:
         return
     if extra[4:] == _EXTERNAL_TOC_MAGIC:
         raise ExternalTOCError(
-            "the blob's footer says its TOC is stored outside the blob (external TOC), "
-            "which is not supported"
+            "the blob's footer says its TOC is stored outside the blob (external TOC, "
+            "in the image's TOC image)"
         )
 
 

@@ -30,7 +30,7 @@ from stargz.estargz.compression import (
     decompress_prefix,
     decompress_upto,
 )
-from stargz.estargz.footer import SKIPPABLE_FRAME_MAGIC, Footer, parse_footer
+from stargz.estargz.footer import SKIPPABLE_FRAME_MAGIC, Footer, external_footer, parse_footer
 from stargz.estargz.source import RangeSource
 from stargz.estargz.tarstream import BLOCK, parse_number
 from stargz.estargz.toc import (
@@ -75,6 +75,22 @@ def open_blob(source: RangeSource, limits: LimitsConfig | None = None) -> Unveri
     else:
         toc_json = _gzip_toc_json(compressed, max_toc)
     del compressed, tail
+    toc = parse_toc(toc_json, footer.data_end, limits)
+    digest = "sha256:" + hashlib.sha256(toc_json).hexdigest()
+    return UnverifiedBlob(source, footer, toc, digest, toc_json)
+
+
+def open_blob_external(source: RangeSource, toc_blob: bytes,
+                       limits: LimitsConfig | None = None) -> UnverifiedBlob:
+    """A blob whose footer says its TOC is kept outside it, with that TOC: ``toc_blob`` is
+    the gzip'd tar holding ``stargz.index.json``, as the reference's TOC image stores it.
+    Only the TOC digest proves the two belong together, as for any TOC."""
+    limits = limits or LimitsConfig()
+    footer = external_footer(source.size)
+    if len(toc_blob) > limits.max_toc_bytes:
+        raise TOCError(f"TOC is {len(toc_blob)} bytes compressed, more than the limit of "
+                       f"{limits.max_toc_bytes} (limits.max_toc_bytes)")
+    toc_json = _gzip_toc_json(toc_blob, limits.max_toc_bytes)
     toc = parse_toc(toc_json, footer.data_end, limits)
     digest = "sha256:" + hashlib.sha256(toc_json).hexdigest()
     return UnverifiedBlob(source, footer, toc, digest, toc_json)

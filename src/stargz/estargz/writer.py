@@ -21,6 +21,7 @@ from stargz.estargz.compression import Compression, compress
 from stargz.estargz.footer import (
     SKIPPABLE_FRAME_MAGIC,
     estargz_footer,
+    external_toc_footer,
     zstd_chunked_footer,
 )
 from stargz.estargz.layout import MemberLayout, MemberOutput
@@ -56,6 +57,12 @@ class BuildOptions:
     allow_missing_prioritized: bool = False
     compression: Compression = "gzip"
     workers: int | None = field(default_factory=os.cpu_count)
+    # The reference's --estargz-external-toc: the TOC goes to BuildResult.external_toc (for a
+    # separate TOC image), the blob ends with the 46-byte external-TOC footer.
+    external_toc: bool = False
+    # --estargz-keep-diff-id: the tar's bytes unchanged (no landmark, no reordering), so the
+    # diff_id stays the source's; needs external_toc (a TOC inside would change it).
+    keep_diff_id: bool = False
 
     def check(self) -> None:
         if self.chunk_size <= 0:
@@ -67,6 +74,12 @@ class BuildOptions:
         low, high = (0, 9) if self.compression == "gzip" else (-7, 22)
         if not low <= self.level <= high:
             raise BuildError(f"{self.compression} level {self.level} is not in {low}..{high}")
+        if self.external_toc and self.compression != "gzip":
+            raise BuildError("an external TOC is only written for eStargz (gzip) layers")
+        if self.keep_diff_id and not self.external_toc:
+            raise BuildError("keeping the diff ID needs the TOC kept outside (external TOC)")
+        if self.keep_diff_id and self.prioritized:
+            raise BuildError("keeping the diff ID leaves entries in order: no prioritized files")
 
 
 @dataclass(frozen=True)
@@ -83,6 +96,7 @@ class BuildResult:
     manifest_checksum: str = ""
     manifest_size: int = 0
     manifest_uncompressed_size: int = 0
+    external_toc: bytes = b""  # external_toc only: the TOC as a gzip'd tar, for the TOC image
 
     def annotations(self) -> dict[str, str]:
         """Layer descriptor annotations a runtime needs for lazy pulling."""
@@ -278,7 +292,9 @@ def build(src: BinaryIO, dst: BinaryIO, options: BuildOptions | None = None) -> 
         layout = MemberLayout(output)
         builder = _Builder(layout, opts)
         missing: list[str] = []
-        if opts.prioritized:
+        if opts.keep_diff_id:
+            _add_lossless(tar, builder, layout)
+        elif opts.prioritized:
             with _random_access(src, start, tar) as spool:
                 for member, read in _spooled(spool, opts, missing):
                     builder.add(member, read)
@@ -288,6 +304,40 @@ def build(src: BinaryIO, dst: BinaryIO, options: BuildOptions | None = None) -> 
         return _finish(output, layout, builder.records, opts, tuple(missing))
     finally:
         output.close()
+
+
+def _add_lossless(tar: TarInput, builder: _Builder, layout: MemberLayout) -> None:
+    """Every entry in order and the tar's end as it is: the layout's bytes are the source's,
+    or BuildError (a global PAX header or non-zero padding would change them)."""
+    source = hashlib.sha256()
+    consumed = 0
+
+    def read(n: int) -> bytes:
+        nonlocal consumed
+        data = tar.read(n)
+        source.update(data)
+        consumed += len(data)
+        return data
+
+    reader = TarReader(read)
+    while (member := reader.next_member()) is not None:
+        builder.add(member, read)
+        _skip_with(read, member.padded_size - member.size)
+    ended = consumed - layout.uncompressed_size  # the end-of-archive block the reader took
+    layout.add(b"\x00" * max(0, ended))
+    while piece := read(4 << 20):
+        layout.add(piece)
+    if layout.diff_hash.digest() != source.digest():
+        raise BuildError("this layer can not be converted without changing its diff ID "
+                         "(global PAX headers or non-zero padding)")
+
+
+def _skip_with(read: PayloadReader, n: int) -> None:
+    while n > 0:
+        piece = read(min(n, 4 << 20))
+        if not piece:
+            raise BuildError("tar stream is truncated inside a payload")
+        n -= len(piece)
 
 
 def _file_position(src: BinaryIO) -> int | None:
@@ -345,10 +395,19 @@ def _finish(
         toc_offset = output.position
         toc_tar = ustar_header(TOC_TAR_NAME, len(toc_json)) + toc_json
         toc_tar += b"\x00" * (padded(len(toc_json)) - len(toc_json)) + EOF_BLOCKS
+        if opts.external_toc:  # the TOC is not part of the layer, nor of its diff_id
+            common["external_toc"] = compress("gzip", toc_tar, opts.level)
+            output.write_raw(external_toc_footer())
+            return _result(output, layout, toc_digest, toc_offset, common)
         layout.diff_hash.update(toc_tar)
         layout.uncompressed_size += len(toc_tar)
         output.write_raw(compress("gzip", toc_tar, opts.level))
         output.write_raw(estargz_footer(toc_offset))
+    return _result(output, layout, toc_digest, toc_offset, common)
+
+
+def _result(output: MemberOutput, layout: MemberLayout, toc_digest: str, toc_offset: int,
+            common: dict[str, Any]) -> BuildResult:
     return BuildResult(
         toc_digest=toc_digest,
         diff_id="sha256:" + layout.diff_hash.hexdigest(),

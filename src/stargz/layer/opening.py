@@ -1,17 +1,27 @@
-"""Opening a remote blob: footer and TOC in one generous tail read (two when the TOC is big)."""
+"""Opening a remote blob: footer and TOC in one generous tail read (two when the TOC is big),
+or, for a layer whose TOC is kept outside it (external TOC), the footer and that TOC."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from stargz import opmetrics
-from stargz.errors import FormatError, InvalidArgumentError
+from stargz.errors import ExternalTOCError, FormatError, InvalidArgumentError
 from stargz.estargz.footer import parse_footer
-from stargz.estargz.reader import TAIL_READ, VerifiedBlob, open_blob
+from stargz.estargz.reader import (
+    TAIL_READ,
+    UnverifiedBlob,
+    VerifiedBlob,
+    open_blob,
+    open_blob_external,
+)
 from stargz.layer.stats import LayerStats
 from stargz.remote.fetcher import BlobFetcher, fetch_checked
 
 ZSTD_SKIPPABLE_HEADER = 8  # zstd:chunked keeps the TOC in a skippable frame; its header is checked
+# Where an external-TOC layer's TOC comes from (layer.externaltoc.TOCImage.toc_of, bound).
+ExternalTOC = Callable[[], Awaitable[bytes]]
 
 
 class TailSource:
@@ -53,7 +63,11 @@ async def _fetch_tail(
     with opmetrics.timed(opmetrics.STARGZ_FOOTER_GET, digest):
         (tail,) = await fetch_checked(fetcher, [(tail_start, size)], timeout)
     stats.count_fetch("metadata", size - tail_start)
-    footer = parse_footer(tail)
+    try:
+        footer = parse_footer(tail)
+    except ExternalTOCError:  # the TOC is elsewhere: open_unverified fetches it
+        stats.held.add(tail_start, size)
+        return TailSource(size, tail_start, tail)
     toc_start, _ = footer.toc_range(size)
     if footer.kind == "zstd-chunked":
         toc_start -= ZSTD_SKIPPABLE_HEADER
@@ -73,16 +87,47 @@ async def open_verified(
     stats: LayerStats,
     skip_verification_reason: str | None = None,
     digest: str = "",
+    external_toc: ExternalTOC | None = None,
 ) -> VerifiedBlob:
     """Open the blob and check its TOC against the layer's TOC digest (TOCDigestMismatch).
 
     Without a TOC digest the caller must say why verification is skipped; it is logged."""
     if toc_digest is None and not skip_verification_reason:
         raise InvalidArgumentError("a layer needs its TOC digest, or an explicit reason to skip")
-    source = await fetch_tail(fetcher, timeout, stats, digest)
-    with opmetrics.timed(opmetrics.DESERIALIZE_TOC_JSON, digest):
-        unverified = await asyncio.to_thread(open_blob, source)
+    unverified = await open_unverified(fetcher, timeout, stats, digest, external_toc)
     if toc_digest is None:
         assert skip_verification_reason is not None
         return unverified.skip_verification(skip_verification_reason)
     return unverified.verify(toc_digest)
+
+
+async def open_unverified(
+    fetcher: BlobFetcher,
+    timeout: float,
+    stats: LayerStats,
+    digest: str = "",
+    external_toc: ExternalTOC | None = None,
+) -> UnverifiedBlob:
+    """Footer and TOC, not yet verified (``fetch_tail``, then ``open_tail``)."""
+    source = await fetch_tail(fetcher, timeout, stats, digest)
+    return await open_tail(source, stats, digest, external_toc)
+
+
+async def open_tail(
+    source: TailSource,
+    stats: LayerStats,
+    digest: str = "",
+    external_toc: ExternalTOC | None = None,
+) -> UnverifiedBlob:
+    """The TOC of a fetched tail, or, when the footer says the TOC is kept outside the blob,
+    the one ``external_toc`` gives (ExternalTOCError when there is nobody to ask)."""
+    try:
+        with opmetrics.timed(opmetrics.DESERIALIZE_TOC_JSON, digest):
+            return await asyncio.to_thread(open_blob, source)
+    except ExternalTOCError:
+        if external_toc is None:
+            raise
+    toc_blob = await external_toc()
+    stats.count_fetch("metadata", len(toc_blob))
+    with opmetrics.timed(opmetrics.DESERIALIZE_TOC_JSON, digest):
+        return await asyncio.to_thread(open_blob_external, source, toc_blob)
