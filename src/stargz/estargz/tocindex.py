@@ -11,7 +11,6 @@ Everything here is iterative and linear in the TOC's size: no recursion, whateve
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterable, Iterator, Sequence
 
 from stargz.config import LimitsConfig
@@ -244,13 +243,13 @@ class _BlobLayout:
         self._files = files
         self._data_end = data_end
         self._max = limits.max_chunk_bytes
-        self._offsets = sorted({part.offset for f in files for part in f.parts})
+        offsets = sorted({part.offset for f in files for part in f.parts})
+        # where the member (or frame) starting at an offset ends: the next one's start
+        self._ends = dict(zip(offsets, [*offsets[1:], data_end], strict=False))
         self._check(self._in_blob_order())
 
     def member_end(self, offset: int) -> int:
-        """Where the member (or frame) starting at ``offset`` ends: the next one's start."""
-        i = bisect.bisect_right(self._offsets, offset)
-        return self._offsets[i] if i < len(self._offsets) else self._data_end
+        return self._ends[offset]
 
     def _in_toc_order(self) -> Iterator[_Placed]:
         for fi, f in enumerate(self._files):

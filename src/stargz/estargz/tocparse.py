@@ -93,6 +93,7 @@ class _EntryParser:
         self._user_names: dict[int, str] = {}
         self._group_names: dict[int, str] = {}
         self._modtimes: dict[str, int] = {"": 0}
+        self._modes: dict[int, int] = {}
         self._good_digest = ""  # the last digest checked: a file's digest and chunk's agree
 
     def parse_all(self, raw_entries: list[_RawEntry]) -> list[TOCEntry]:
@@ -123,7 +124,7 @@ class _EntryParser:
             size=raw.size or 0,
             modtime=self._modtime(raw.modtime or ""),
             link_name=link_name,
-            mode=(raw.mode or 0) & MODE_BITS,
+            mode=self._mode(raw.mode),
             uid=uid,
             gid=gid,
             user_name="" if chunk else _owner(self._user_names, uid, raw.user_name),
@@ -161,6 +162,10 @@ class _EntryParser:
             raise TOCError(f"{where}: {key!r} {value[:80]!r} is not a sha256 digest")
         self._good_digest = value
         return value
+
+    def _mode(self, value: int | None) -> int:
+        mode = (value or 0) & MODE_BITS
+        return self._modes.setdefault(mode, mode)  # one int object per mode, not per entry
 
     def _modtime(self, value: str) -> int:
         known = self._modtimes.get(value)
