@@ -282,9 +282,13 @@ class Layer:
         ranges = merge_ranges(needs, self.config.blob.chunk_size)
         nbytes = sum(end - start for start, end in ranges)
         timeout = self.config.blob.fetch_timeout_sec
-        with span("fetch", kind="background", layer=self._digest, path=missing[0].path,
-                  chunks=len(missing), ranges=len(ranges), bytes=nbytes):
-            data = await self.scheduler.run(lambda: fetch_checked(self._fetcher, ranges, timeout))
+
+        async def fetch() -> list[bytes]:  # the span times the request, not the wait for a slot
+            with span("fetch", kind="background", layer=self._digest, path=missing[0].path,
+                      chunks=len(missing), ranges=len(ranges), bytes=nbytes):
+                return await fetch_checked(self._fetcher, ranges, timeout)
+
+        data = await self.scheduler.run(fetch)
         self._stats.count_fetch("background", nbytes)
         free = [c for c in missing if self._inflight.get(c.digest) is None]
         for chunk in free:  # a reader asking for one of these now waits for our decoding
