@@ -184,25 +184,25 @@ def run_verify(args: argparse.Namespace) -> int:
 def verify_all_chunks(blob: VerifiedBlob, source: FileSource) -> tuple[int, int]:
     """Decode and check every chunk of every regular file, and each file's whole digest.
 
-    Returns (files, chunks) checked. Members shared by several small files are read once.
-    """
+    Returns (files, chunks) checked. In blob order: each member is read and decompressed
+    once, and memory holds one member's chunks and a hash per file."""
     files = chunks = 0
-    member_range, member = (-1, -1), b""
-    for entry in blob.walk():
-        if entry.type != "reg" or entry.size == 0 or entry.name == "":
-            continue
-        whole = hashlib.sha256()
-        for chunk in blob.chunks(entry.name):
-            wanted = (chunk.compressed_offset, chunk.compressed_end)
-            if wanted != member_range:
-                member_range = wanted
-                member = source.read_at(wanted[0], wanted[1] - wanted[0])
-            whole.update(blob.decode_chunk(chunk, member))
-            chunks += 1
-        if entry.digest and f"sha256:{whole.hexdigest()}" != entry.digest:
-            raise VerificationError(f"{entry.name!r}: content does not match its digest")
-        files += 1
+    current, whole = "", hashlib.sha256()
+    for chunk, data in blob.verified_chunks():
+        if chunk.path != current:
+            _check_whole(blob, current, whole)
+            current, whole = chunk.path, hashlib.sha256()
+            files += 1
+        whole.update(data)
+        chunks += 1
+    _check_whole(blob, current, whole)
     return files, chunks
+
+
+def _check_whole(blob: VerifiedBlob, path: str, whole: hashlib._Hash) -> None:
+    entry = blob.lookup(path) if path else None
+    if entry is not None and entry.digest and f"sha256:{whole.hexdigest()}" != entry.digest:
+        raise VerificationError(f"{entry.name}: content does not match its digest")
 
 
 def run_ls(args: argparse.Namespace) -> int:

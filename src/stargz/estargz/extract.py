@@ -1,33 +1,39 @@
-"""Extracting a verified blob to a directory, safely.
+"""Extracting a verified blob to a directory, safely, at a cost linear in the blob.
 
 Every path is opened component by component relative to a directory fd with
 O_NOFOLLOW, so no name or link in the TOC can make a write land outside ``dest``:
-symlinks are created as links but never followed while writing.
+symlinks are created as links but never followed while writing. A DirWalker keeps the fds
+along the current path, so each directory is opened once in tar order, whatever the depth.
+
+The tree (directories, special files, empty regular files) is made in TOC order, parents
+first; file contents are then written in blob order, so each member (several small files
+may share one) is fetched and decompressed once; hardlinks come last, then directory modes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import stat
 from pathlib import Path
 
 from stargz.errors import UnsafePathError
+from stargz.estargz.dirwalk import DIR_FLAGS, DirWalker, open_dir_at
 from stargz.estargz.reader import VerifiedBlob
 from stargz.estargz.toc import TOCEntry
 
 log = logging.getLogger(__name__)
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_READ_PIECE = 4 << 20
+_DIR_FLAGS = DIR_FLAGS
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def extract(blob: VerifiedBlob, dest: Path) -> None:
     """Write every entry of ``blob`` under ``dest`` (created if missing)."""
     dest.mkdir(parents=True, exist_ok=True)
     root_fd = os.open(dest, _DIR_FLAGS)
+    walker = DirWalker(root_fd)
     try:
         explicit = {id(e) for e in blob.toc.entries}  # the others are implied directories
         dirs: list[TOCEntry] = []
@@ -38,42 +44,47 @@ def extract(blob: VerifiedBlob, dest: Path) -> None:
             if entry.type == "hardlink":
                 links.append(entry)  # after everything else: a TOC may name the target later
                 continue
-            _extract_one(blob, root_fd, entry)
+            _make(blob, walker, entry)
             if entry.type == "dir":
                 dirs.append(entry)
-        for entry in links:
-            target = blob.lookup(entry.name)  # the final target, through chains of links
-            assert target is not None  # the index only admits hardlinks that resolve
-            _extract_one(blob, root_fd, entry, link_target=target.name)
+        _write_contents(blob, walker)
+        _make_links(blob, root_fd, walker, links)
         # Directory modes and times last: a read-only dir must not block its own children.
         for entry in reversed(dirs):
-            _finish_dir(root_fd, entry, keep_time=id(entry) not in explicit)
+            _finish_dir(walker, entry, keep_time=id(entry) not in explicit)
     finally:
+        walker.close()
         os.close(root_fd)
 
 
-def _open_parent(root_fd: int, name: str) -> tuple[int, str]:
-    """An fd of ``name``'s parent directory (inside the root) and the base name."""
+def _split(name: str) -> tuple[list[str], str]:
+    """The parent's components and the base name of a cleaned TOC name."""
     parts = name.split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise UnsafePathError(f"refusing the unclean path {name!r}")
+    return parts[:-1], parts[-1]
+
+
+def _parent(walker: DirWalker, name: str) -> tuple[int, str]:
+    """The (walker's) fd of ``name``'s parent directory and the base name."""
+    parents, base = _split(name)
+    return walker.open_dir(parents, name), base
+
+
+def _open_parent(root_fd: int, name: str) -> tuple[int, str]:
+    """An fd of ``name``'s parent directory (inside the root; the caller closes it) and the
+    base name, opened component by component from the root."""
+    parents, base = _split(name)
     fd = os.dup(root_fd)
     try:
-        for part in parts[:-1]:
-            try:
-                next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except OSError as err:
-                if err.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise UnsafePathError(
-                        f"refusing to write {name!r} through {part!r}, which is not a directory"
-                    ) from None
-                raise
+        for part in parents:
+            next_fd = open_dir_at(fd, part, name)
             os.close(fd)
             fd = next_fd
     except BaseException:
         os.close(fd)
         raise
-    return fd, parts[-1]
+    return fd, base
 
 
 def _remove_existing(dir_fd: int, base: str, keep_dir: bool) -> None:
@@ -89,38 +100,75 @@ def _remove_existing(dir_fd: int, base: str, keep_dir: bool) -> None:
         os.unlink(base, dir_fd=dir_fd)
 
 
-def _extract_one(
-    blob: VerifiedBlob, root_fd: int, entry: TOCEntry, link_target: str = ""
-) -> None:
-    dir_fd, base = _open_parent(root_fd, entry.name)
+def _make(blob: VerifiedBlob, walker: DirWalker, entry: TOCEntry) -> None:
+    """Create ``entry`` (a regular file empty for now, unless it is empty anyway)."""
+    dir_fd, base = _parent(walker, entry.name)
+    _remove_existing(dir_fd, base, keep_dir=entry.type == "dir")
+    if entry.type == "dir":
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(base, 0o700, dir_fd=dir_fd)
+    elif entry.type == "reg":
+        fd = os.open(base, _NEW_FILE, 0o600, dir_fd=dir_fd)
+        try:
+            if not blob.chunks(entry.name):
+                _apply_metadata(fd, entry)
+        finally:
+            os.close(fd)
+    elif entry.type == "symlink":
+        os.symlink(entry.link_name, base, dir_fd=dir_fd)
+        _set_owner(dir_fd, base, entry)
+        os.utime(base, (entry.modtime, entry.modtime), dir_fd=dir_fd, follow_symlinks=False)
+    else:
+        _make_node(dir_fd, base, entry)
+
+
+def _write_contents(blob: VerifiedBlob, walker: DirWalker) -> None:
+    """Every regular file's bytes, in blob order: a file's chunks lie one after another
+    there (checked when the TOC was opened), and each member is decoded once."""
+    current: tuple[str, int] | None = None  # the file being written and its fd
     try:
-        _remove_existing(dir_fd, base, keep_dir=entry.type == "dir")
-        if entry.type == "dir":
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(base, 0o700, dir_fd=dir_fd)
-        elif entry.type == "reg":
-            _write_file(blob, dir_fd, base, entry)
-        elif entry.type == "symlink":
-            os.symlink(entry.link_name, base, dir_fd=dir_fd)
-            _set_owner(dir_fd, base, entry)
-            os.utime(base, (entry.modtime, entry.modtime), dir_fd=dir_fd, follow_symlinks=False)
-        elif entry.type == "hardlink":
-            _link(root_fd, dir_fd, base, link_target)
-        else:
-            _make_node(dir_fd, base, entry)
+        for chunk, data in blob.verified_chunks():
+            if current is None or current[0] != chunk.path:
+                if current is not None:
+                    _close_file(blob, current)
+                    current = None
+                dir_fd, base = _parent(walker, chunk.path)
+                current = chunk.path, os.open(base, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                              dir_fd=dir_fd)
+            os.pwrite(current[1], data, chunk.chunk_offset)
+        if current is not None:
+            _close_file(blob, current)
+            current = None
     finally:
-        os.close(dir_fd)
+        if current is not None:
+            os.close(current[1])
 
 
-def _write_file(blob: VerifiedBlob, dir_fd: int, base: str, entry: TOCEntry) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(base, flags, 0o600, dir_fd=dir_fd)
+def _close_file(blob: VerifiedBlob, current: tuple[str, int]) -> None:
+    name, fd = current
     try:
-        for chunk in blob.chunks(entry.name):
-            os.write(fd, blob.read_chunk(chunk))
+        entry = blob.lookup(name)
+        assert entry is not None
         _apply_metadata(fd, entry)
     finally:
         os.close(fd)
+
+
+def _make_links(
+    blob: VerifiedBlob, root_fd: int, walker: DirWalker, links: list[TOCEntry]
+) -> None:
+    targets = DirWalker(root_fd)  # the links' targets, walked apart from the links' dirs
+    try:
+        for entry in links:
+            target = blob.lookup(entry.name)  # the final target, through chains of links
+            assert target is not None  # the index only admits hardlinks that resolve
+            target_dir, target_base = _parent(targets, target.name)
+            dir_fd, base = _parent(walker, entry.name)
+            _remove_existing(dir_fd, base, keep_dir=False)
+            os.link(target_base, base, src_dir_fd=target_dir, dst_dir_fd=dir_fd,
+                    follow_symlinks=False)
+    finally:
+        targets.close()
 
 
 def _apply_metadata(fd: int, entry: TOCEntry, keep_time: bool = False) -> None:
@@ -145,15 +193,6 @@ def _set_xattrs(fd: int, entry: TOCEntry) -> None:
             log.debug("xattr %s on %s not set: %s", name, entry.name, err)
 
 
-def _link(root_fd: int, dir_fd: int, base: str, target: str) -> None:
-    target_dir, target_base = _open_parent(root_fd, target)
-    try:
-        os.link(target_base, base, src_dir_fd=target_dir, dst_dir_fd=dir_fd,
-                follow_symlinks=False)
-    finally:
-        os.close(target_dir)
-
-
 def _make_node(dir_fd: int, base: str, entry: TOCEntry) -> None:
     if entry.type == "fifo":
         os.mkfifo(base, 0o600, dir_fd=dir_fd)
@@ -172,14 +211,10 @@ def _make_node(dir_fd: int, base: str, entry: TOCEntry) -> None:
         os.close(fd)
 
 
-def _finish_dir(root_fd: int, entry: TOCEntry, keep_time: bool) -> None:
-    parent_fd, base = _open_parent(root_fd, entry.name)
-    try:
-        fd = os.open(base, _DIR_FLAGS, dir_fd=parent_fd)
-    finally:
-        os.close(parent_fd)
+def _finish_dir(walker: DirWalker, entry: TOCEntry, keep_time: bool) -> None:
+    parent_fd, base = _parent(walker, entry.name)
+    fd = os.open(base, _DIR_FLAGS, dir_fd=parent_fd)
     try:
         _apply_metadata(fd, entry, keep_time)
     finally:
         os.close(fd)
-

@@ -254,6 +254,28 @@ class VerifiedBlob:
             return [failed for _ in chunks]
         return [_checked(chunk, plain) for chunk in chunks]
 
+    def verified_chunks(self) -> Iterator[tuple[Chunk, bytes]]:
+        """Every chunk of every regular file with its verified bytes, in blob order (a file's
+        chunks one after another, in file order): each member is read and decompressed once,
+        and at most one member's chunks are held. Raises at the first chunk that fails."""
+        chunks = sorted(
+            (c for cs in self._index.chunks.values() for c in cs),
+            key=lambda c: (c.compressed_offset, c.inner_offset),
+        )
+        start = 0
+        while start < len(chunks):
+            first = chunks[start]
+            end = start + 1
+            while end < len(chunks) and chunks[end].compressed_offset == first.compressed_offset:
+                end += 1
+            siblings = chunks[start:end]
+            member = self.source.read_at(first.compressed_offset, first.compressed_size)
+            for chunk, result in zip(siblings, self.decode_member(siblings, member), strict=True):
+                if isinstance(result, StargzError):
+                    raise result
+                yield chunk, result
+            start = end
+
     def read_chunk(self, chunk: Chunk) -> bytes:
         """Fetch a chunk's compressed bytes from the source and decode them (verified)."""
         member = self.source.read_at(chunk.compressed_offset, chunk.compressed_size)
