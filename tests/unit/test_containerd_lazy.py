@@ -86,7 +86,8 @@ def test_layer_source_from_ctr_remote_labels() -> None:
         LABEL_STARGZ_LAYERS: f"{A},{B}",
         LABEL_TOC_DIGEST: B,
     })
-    assert str(source.repository) == "127.0.0.1:5000/test/img"
+    assert str(source.repository.repo_only()) == "127.0.0.1:5000/test/img"
+    assert source.repository.tag == "v1"  # finds an external TOC's TOC image (v1-esgztoc)
     assert (source.digest, source.toc_digest, source.image_layers) == (A, B, (A, B))
 
 
@@ -95,7 +96,7 @@ def test_layer_source_from_cri_labels() -> None:
         LABEL_CRI_IMAGE_REF: "docker.io/library/python:3", LABEL_CRI_LAYER_DIGEST: B,
         LABEL_CRI_IMAGE_LAYERS: B,
     })
-    assert str(source.repository) == "docker.io/library/python"
+    assert str(source.repository.repo_only()) == "docker.io/library/python"
     assert (source.digest, source.toc_digest, source.image_layers) == (B, None, (B,))
 
 

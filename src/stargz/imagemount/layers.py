@@ -88,8 +88,7 @@ async def open_image_layers(service: LayerService, registry: RegistryClient, ref
     layers = manifest.layers()
     if not layers:
         raise InvalidArgumentError(f"{ref}: the image has no layers")
-    repo = ref.repo_only()
-    tasks = [asyncio.create_task(_open_one(service, registry, repo, d, blobs_dir))
+    tasks = [asyncio.create_task(_open_one(service, registry, ref, d, blobs_dir))
              for d in layers]
     done = await asyncio.gather(*tasks, return_exceptions=True)
     errors = [r for r in done if isinstance(r, BaseException)]
@@ -99,11 +98,12 @@ async def open_image_layers(service: LayerService, registry: RegistryClient, ref
     return [r for r in done if isinstance(r, OpenLayer)]
 
 
-async def _open_one(service: LayerService, registry: RegistryClient, repo: Reference,
+async def _open_one(service: LayerService, registry: RegistryClient, image: Reference,
                     descriptor: Descriptor, blobs_dir: Path) -> OpenLayer:
+    repo = image.repo_only()
     toc_digest = descriptor.annotations.get(TOC_DIGEST_ANNOTATION)
-    if toc_digest:
-        layer = await service.acquire(repo, descriptor.digest, toc_digest,
+    if toc_digest:  # the image's tag finds an external TOC's TOC image
+        layer = await service.acquire(image, descriptor.digest, toc_digest,
                                       descriptor.size or None)
         return OpenLayer(descriptor, layer, lazy=True)
     view = await _download_in_full(registry, repo, descriptor, blobs_dir)

@@ -3,10 +3,12 @@ or, for a layer whose TOC is kept outside it (external TOC), the footer and that
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
+import anyio
+
 from stargz import opmetrics
+from stargz.config import LimitsConfig
 from stargz.errors import ExternalTOCError, FormatError, InvalidArgumentError
 from stargz.estargz.footer import parse_footer
 from stargz.estargz.reader import (
@@ -118,16 +120,17 @@ async def open_tail(
     stats: LayerStats,
     digest: str = "",
     external_toc: ExternalTOC | None = None,
+    limits: LimitsConfig | None = None,
 ) -> UnverifiedBlob:
     """The TOC of a fetched tail, or, when the footer says the TOC is kept outside the blob,
     the one ``external_toc`` gives (ExternalTOCError when there is nobody to ask)."""
     try:
         with opmetrics.timed(opmetrics.DESERIALIZE_TOC_JSON, digest):
-            return await asyncio.to_thread(open_blob, source)
+            return await anyio.to_thread.run_sync(open_blob, source, limits)
     except ExternalTOCError:
         if external_toc is None:
             raise
     toc_blob = await external_toc()
     stats.count_fetch("metadata", len(toc_blob))
     with opmetrics.timed(opmetrics.DESERIALIZE_TOC_JSON, digest):
-        return await asyncio.to_thread(open_blob_external, source, toc_blob)
+        return await anyio.to_thread.run_sync(open_blob_external, source, toc_blob, limits)

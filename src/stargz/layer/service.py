@@ -41,9 +41,10 @@ from stargz import opmetrics
 from stargz.cache import ChunkCache, write_behind_cache
 from stargz.config import Config
 from stargz.errors import InvalidArgumentError, StargzError, TOCDigestMismatch, TransportError
-from stargz.estargz.reader import UnverifiedBlob, VerifiedBlob, open_blob
+from stargz.estargz.reader import UnverifiedBlob, VerifiedBlob
+from stargz.layer.externaltoc import TOCImage
 from stargz.layer.layer import Layer
-from stargz.layer.opening import fetch_tail
+from stargz.layer.opening import ExternalTOC, fetch_tail, open_tail
 from stargz.layer.scheduler import BackgroundScheduler
 from stargz.layer.stats import LayerStats
 from stargz.registry.client import RegistryClient
@@ -112,6 +113,7 @@ class LayerService:
         self._verifying: dict[tuple[str, str], _Shared[VerifiedBlob]] = {}
         self._resolved: dict[str, Resolution] = {}
         self._unused: OrderedDict[str, None] = OrderedDict()  # resolved, no user; oldest first
+        self._toc_images: dict[str, TOCImage] = {}  # image -> its TOC image (external TOCs)
         self._group: anyio.abc.TaskGroup | None = None
 
     async def __aenter__(self) -> LayerService:
@@ -219,9 +221,9 @@ class LayerService:
                 tail = await fetch_tail(fetcher, self.config.blob.fetch_timeout_sec, stats,
                                         digest)
                 fetch.set(bytes=stats.fetched_metadata, requests=stats.requests)
-            with span("toc_parse", layer=digest) as parse, \
-                    opmetrics.timed(opmetrics.DESERIALIZE_TOC_JSON, digest):
-                unverified = await anyio.to_thread.run_sync(open_blob, tail, self.config.limits)
+            with span("toc_parse", layer=digest) as parse:
+                unverified = await open_tail(tail, stats, digest,
+                                             self._external_toc(repo, digest), self.config.limits)
                 parse.set(entries=len(unverified.toc.entries))
         resolution = Resolution(digest, fetcher, stats, unverified, unverified.toc_digest)
         self._resolved[digest] = resolution
@@ -229,6 +231,18 @@ class LayerService:
         log.info("resolved layer %s (%d bytes, TOC %s)", digest, fetcher.size,
                  resolution.toc_digest)
         return resolution
+
+    def _external_toc(self, image: Reference, digest: str) -> ExternalTOC | None:
+        """Where the TOC of an external-TOC layer is: the TOC image of ``image``, found by its
+        tag (a caller that names only the repository gets ExternalTOCError for such layers)."""
+        if self.registry is None or not image.tag:
+            return None
+        key = str(image.with_tag(image.tag))
+        toc_image = self._toc_images.get(key)
+        if toc_image is None:
+            toc_image = self._toc_images[key] = TOCImage(
+                self.registry, image, self.config.limits.max_toc_bytes)
+        return lambda: toc_image.toc_of(digest)
 
     async def _verify(self, resolution: Resolution, toc_digest: str) -> VerifiedBlob:
         verified = resolution.verified

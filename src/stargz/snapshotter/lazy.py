@@ -12,27 +12,17 @@ Configured by a ``[lazy]`` table in the snapshotter's TOML file (see :func:`load
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, AsyncExitStack
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
-
-import anyio
-import anyio.abc
-from anyio.from_thread import BlockingPortal, start_blocking_portal
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from stargz.config import Config, config_from_dict, read_toml
 from stargz.errors import ConfigError, InvalidArgumentError
-from stargz.fs.mount import LazyFS
-from stargz.layer.service import LayerService
-from stargz.registry.client import RegistryClient
-from stargz.registry.credentials import CredentialStore
-from stargz.registry.hosts import HostsConfig
-from stargz.registry.reference import Reference
-from stargz.remote.fetcher import retry_policy
 from stargz.snapshotter.remote import (
     LABEL_CRI_IMAGE_LAYERS,
     LABEL_CRI_IMAGE_REF,
@@ -42,14 +32,16 @@ from stargz.snapshotter.remote import (
     LABEL_STARGZ_REFERENCE,
     LABEL_TOC_DIGEST,
 )
-from stargz.trace import event, span
+
+if TYPE_CHECKING:
+    from stargz.registry.reference import Reference
+    from stargz.snapshotter.lazyworker import LazyMounts, Worker
 
 log = logging.getLogger(__name__)
 
 LAZY_TABLE = "lazy"
 MOUNT_DIR = "fuse"  # default mountpoint, inside the snapshotter's root
 CACHE_DIR = "cache"  # default chunk cache directory, inside the snapshotter's root
-MOUNT_TIMEOUT_S = 10.0
 T = TypeVar("T")
 _OWN_KEYS = frozenset(
     {"enabled", "mountpoint", "plain_http", "plain_http_localhost", "hosts_dir"}
@@ -132,7 +124,8 @@ class LayerSource:
         if not reference or not digest:
             raise InvalidArgumentError("the labels name no image reference and layer digest")
         return cls(
-            repository=Reference.parse(reference).repo_only(),
+            # tag kept: it finds an external-TOC layer's TOC image (<tag>-esgztoc)
+            repository=_parse_reference(reference),
             digest=digest,
             toc_digest=labels.get(LABEL_TOC_DIGEST) or None,
             image_layers=tuple(d for d in layers.split(",") if d),
@@ -140,19 +133,22 @@ class LayerSource:
 
 
 class LazyLayers:
-    """RemoteLayers whose layers live on a worker thread's event loop (an anyio portal).
+    """RemoteLayers whose layers live on a worker thread's event loop (``lazyworker``).
 
     The snapshotter makes blocking filesystem calls (stat of a lowerdir) on its event loop; were
     the FUSE mount served by that same loop, such a call into the mount would wait for itself.
-    So the mount and the process's :class:`LayerService` run on the worker's loop, and each
-    hook call is handed over to it (``BlockingPortal.call_async``)."""
+    So the mount and the process's LayerService run on the worker's loop (an anyio portal), and
+    each hook call is handed over to it. The worker's modules (pyfuse3, the registry client) load
+    when it starts, not with this module, so the daemon's socket is up before they are."""
 
     def __init__(self, settings: LazySettings) -> None:
         self.settings = settings
-        self._starting = anyio.Lock()
-        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
-        self._mounts_cm: AbstractContextManager[_LazyMounts] | None = None
-        self._worker: tuple[BlockingPortal, _LazyMounts] | None = None
+        self._worker: Future[Worker] | None = None
+
+    def warm_up(self) -> None:
+        """Start the worker now, on a thread of its own (the daemon calls this once its socket
+        is up), so that the first Prepare finds it ready."""
+        self._start()
 
     async def prepare_remote(
         self, key: str, parent_chain: Sequence[str], labels: Mapping[str, str]
@@ -167,148 +163,43 @@ class LazyLayers:
 
     async def aclose(self) -> None:
         """Unmount, close the layers, stop the worker (the daemon calls this on its way out)."""
-        async with self._starting:
-            mounts_cm, portal_cm = self._mounts_cm, self._portal_cm
-            self._worker = self._mounts_cm = self._portal_cm = None
-            if portal_cm is None:
-                return
-
-            def stop() -> None:
-                try:
-                    if mounts_cm is not None:
-                        mounts_cm.__exit__(None, None, None)
-                finally:
-                    portal_cm.__exit__(None, None, None)
-
-            await anyio.to_thread.run_sync(stop)
-
-    async def _call(self, work: Callable[[_LazyMounts], Awaitable[T]]) -> T:
-        portal, mounts = await self._started()
-        return await portal.call_async(work, mounts)
-
-    async def _started(self) -> tuple[BlockingPortal, _LazyMounts]:
-        async with self._starting:
-            if self._worker is None:
-                self._worker = await anyio.to_thread.run_sync(self._start_worker)
-            return self._worker
-
-    def _start_worker(self) -> tuple[BlockingPortal, _LazyMounts]:
-        portal_cm = start_blocking_portal(name="stargz-lazy")
-        portal = portal_cm.__enter__()
+        future, self._worker = self._worker, None
+        if future is None:
+            return
         try:
-            mounts_cm = portal.wrap_async_context_manager(_LazyMounts(self.settings))
-            mounts = mounts_cm.__enter__()
-        except BaseException:
-            portal_cm.__exit__(None, None, None)
-            raise
-        self._portal_cm, self._mounts_cm = portal_cm, mounts_cm
-        return portal, mounts
+            worker = await asyncio.wrap_future(future)
+        except Exception:  # it never started: nothing to stop
+            return
+        await asyncio.to_thread(worker.stop)
+
+    async def _call(self, work: Callable[[LazyMounts], Awaitable[T]]) -> T:
+        worker = await asyncio.wrap_future(self._start())
+        return await worker.call(work)
+
+    def _start(self) -> Future[Worker]:
+        """The worker, started once (again after a failed start)."""
+        future = self._worker
+        if future is None or (future.done() and future.exception() is not None):
+            future = self._worker = Future()
+            threading.Thread(target=_start_worker, args=(self.settings, future),
+                             name="stargz-lazy-start", daemon=True).start()
+        return future
 
 
-class _LazyMounts:
-    """The worker's side: the layers of the process's LayerService, served in one FUSE mount
-    (mounted at the first Prepare), a directory per layer."""
+def _start_worker(settings: LazySettings, future: Future[Worker]) -> None:
+    future.set_running_or_notify_cancel()
+    try:
+        from stargz.snapshotter.lazyworker import Worker  # pyfuse3, registry client, caches
 
-    def __init__(self, settings: LazySettings) -> None:
-        self.settings = settings
-        self._stack = AsyncExitStack()
-        self._service: LayerService | None = None
-        self._group: anyio.abc.TaskGroup | None = None  # serves the FUSE mount
-        self._fs: LazyFS | None = None
-        self._fs_ended: anyio.Event | None = None
-        self._mount_lock = anyio.Lock()
-        self._digests: dict[str, str] = {}  # directory name -> layer digest
+        future.set_result(Worker.start(settings))
+    except BaseException as err:
+        future.set_exception(err)
 
-    async def __aenter__(self) -> _LazyMounts:
-        settings = self.settings
-        hosts = HostsConfig.create(settings.hosts_dir, insecure_hosts=settings.plain_http,
-                                   plain_http_localhost=settings.plain_http_localhost)
-        # Credentials as a user's: $STARGZ_USERNAME/$STARGZ_PASSWORD, then the Docker config.
-        registry = RegistryClient(hosts, CredentialStore.from_environment(),
-                                  retry=retry_policy(settings.layer.blob))
-        service = LayerService(settings.layer, registry, owns_registry=True)
-        self._service = await self._stack.enter_async_context(service)
-        self._group = await self._stack.enter_async_context(anyio.create_task_group())
-        return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        """Unmount (the mount's task group goes first), then close the layers and client."""
-        if self._fs is not None:
-            self._fs.stop()
-        await self._stack.aclose()
+def _parse_reference(text: str) -> Reference:
+    from stargz.registry.reference import Reference  # the registry package loads httpx
 
-    @property
-    def service(self) -> LayerService:
-        assert self._service is not None
-        return self._service
-
-    async def prepare_remote(self, labels: Mapping[str, str]) -> str | None:
-        source = LayerSource.from_labels(labels)
-        if source.toc_digest is None:
-            log.info("layer %s has no TOC digest label: it can not be verified, declining",
-                     source.digest)
-            return None
-        for digest in source.image_layers:  # resolved alongside this one, for their Prepares
-            if digest != source.digest:
-                self.service.resolve_soon(source.repository, digest)
-        with span("lazy_prepare", layer=source.digest):
-            return await self._mount_layer(source, wait_prefetch=True)
-
-    async def restore(self, labels: Mapping[str, str]) -> str | None:
-        source = LayerSource.from_labels(labels)
-        if source.toc_digest is None:
-            return None
-        return await self._mount_layer(source, wait_prefetch=False)
-
-    async def release(self, directory: str) -> None:
-        name = Path(directory).name
-        digest = self._digests.get(name, name.replace("-", ":", 1))
-        await self.service.release(digest)
-        if self.service.uses(digest) == 0:
-            self._digests.pop(name, None)
-            if self._fs is not None:
-                self._fs.remove_layer(name)
-
-    async def _mount_layer(self, source: LayerSource, wait_prefetch: bool) -> str:
-        """The layer's directory in the mount; with ``wait_prefetch``, once its prefetch is
-        done or ``prefetch_timeout_sec`` passed (the reference's wait before first use)."""
-        assert source.toc_digest is not None
-        layer = await self.service.acquire(source.repository, source.digest, source.toc_digest,
-                                           wait_prefetch=wait_prefetch)
-        try:
-            with span("fuse_mount"):
-                fs = await self._mounted()
-        except BaseException:
-            await self.service.release(source.digest)
-            raise
-        name = layer_dirname(source.digest)
-        with span("add_layer", layer=source.digest):
-            directory = fs.add_layer(layer, name)
-        self._digests[name] = source.digest
-        event("mount_ready", layer=source.digest)
-        log.info("layer %s mounted lazily at %s", source.digest, directory)
-        return str(directory)
-
-    async def _mounted(self) -> LazyFS:
-        async with self._mount_lock:
-            if self._fs is not None and self._fs_ended is not None and not self._fs_ended.is_set():
-                return self._fs
-            mountpoint = self.settings.mountpoint
-            await anyio.to_thread.run_sync(partial(mountpoint.mkdir, parents=True, exist_ok=True))
-            fs = LazyFS(mountpoint)
-            assert self._group is not None
-            self._fs_ended = await self._group.start(self._keep_mounted, fs)
-            self._fs = fs
-            return fs
-
-    @staticmethod
-    async def _keep_mounted(
-        fs: LazyFS, *, task_status: anyio.abc.TaskStatus[anyio.Event] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Serve ``fs`` until it is stopped or ends (a task of the worker's group)."""
-        async with fs.running(MOUNT_TIMEOUT_S) as ended:
-            task_status.started(ended)
-            await ended.wait()
+    return Reference.parse(text)
 
 
 def layer_dirname(digest: str) -> str:
