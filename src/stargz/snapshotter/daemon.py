@@ -94,6 +94,9 @@ async def serve(config: SnapshotterConfig, remote: RemoteLayers | None = None) -
                 await server.start()
             trace.event("startup_socket_ready")
             log.info("serving containerd snapshots on %s (root %s)", config.address, config.root)
+            warm_up = getattr(remote, "warm_up", None)  # lazy layers: load and start them now,
+            if warm_up is not None:  # on their own thread, rather than at the first Prepare
+                warm_up()
             await _wait_for_signal()
             log.info("shutting down")
             await server.stop(SHUTDOWN_GRACE_S)

@@ -1,0 +1,172 @@
+"""The lazy layers' worker: an event loop on a thread of its own (an anyio BlockingPortal) with
+the process's LayerService and the FUSE mount of every lazy layer on it.
+
+Loaded when the worker starts (``LazyLayers.warm_up`` or the first hook call), not with the
+snapshotter: pyfuse3 and the registry client take a few hundred milliseconds to import.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager, AsyncExitStack
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+import anyio.abc
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from stargz.fs.mount import LazyFS
+from stargz.layer.service import LayerService
+from stargz.registry.client import RegistryClient
+from stargz.registry.credentials import CredentialStore
+from stargz.registry.hosts import HostsConfig
+from stargz.remote.fetcher import retry_policy
+from stargz.snapshotter.lazy import LayerSource, LazySettings, layer_dirname
+from stargz.trace import event, span
+
+log = logging.getLogger(__name__)
+
+MOUNT_TIMEOUT_S = 10.0
+T = TypeVar("T")
+
+
+class Worker:
+    """The portal thread and the :class:`LazyMounts` living on its loop."""
+
+    def __init__(self, portal_cm: AbstractContextManager[BlockingPortal], portal: BlockingPortal,
+                 mounts_cm: AbstractContextManager[LazyMounts], mounts: LazyMounts) -> None:
+        self._portal_cm, self._portal = portal_cm, portal
+        self._mounts_cm, self.mounts = mounts_cm, mounts
+
+    @classmethod
+    def start(cls, settings: LazySettings) -> Worker:
+        """Blocks until the loop runs and the LayerService is up."""
+        portal_cm = start_blocking_portal(name="stargz-lazy")
+        portal = portal_cm.__enter__()
+        try:
+            mounts_cm = portal.wrap_async_context_manager(LazyMounts(settings))
+            mounts = mounts_cm.__enter__()
+        except BaseException:
+            portal_cm.__exit__(None, None, None)
+            raise
+        return cls(portal_cm, portal, mounts_cm, mounts)
+
+    async def call(self, work: Callable[[LazyMounts], Awaitable[T]]) -> T:
+        """Run ``work`` on the worker's loop, from another event loop."""
+        return await self._portal.call_async(work, self.mounts)
+
+    def stop(self) -> None:
+        """Blocks until unmounted, the layers closed and the thread gone."""
+        try:
+            self._mounts_cm.__exit__(None, None, None)
+        finally:
+            self._portal_cm.__exit__(None, None, None)
+
+
+class LazyMounts:
+    """The worker's side: the layers of the process's LayerService, served in one FUSE mount
+    (mounted at the first Prepare), a directory per layer."""
+
+    def __init__(self, settings: LazySettings) -> None:
+        self.settings = settings
+        self._stack = AsyncExitStack()
+        self._service: LayerService | None = None
+        self._group: anyio.abc.TaskGroup | None = None  # serves the FUSE mount
+        self._fs: LazyFS | None = None
+        self._fs_ended: anyio.Event | None = None
+        self._mount_lock = anyio.Lock()
+        self._digests: dict[str, str] = {}  # directory name -> layer digest
+
+    async def __aenter__(self) -> LazyMounts:
+        settings = self.settings
+        hosts = HostsConfig.create(settings.hosts_dir, insecure_hosts=settings.plain_http,
+                                   plain_http_localhost=settings.plain_http_localhost)
+        # Credentials as a user's: $STARGZ_USERNAME/$STARGZ_PASSWORD, then the Docker config.
+        registry = RegistryClient(hosts, CredentialStore.from_environment(),
+                                  retry=retry_policy(settings.layer.blob))
+        service = LayerService(settings.layer, registry, owns_registry=True)
+        self._service = await self._stack.enter_async_context(service)
+        self._group = await self._stack.enter_async_context(anyio.create_task_group())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Unmount (the mount's task group goes first), then close the layers and client."""
+        if self._fs is not None:
+            self._fs.stop()
+        await self._stack.aclose()
+
+    @property
+    def service(self) -> LayerService:
+        assert self._service is not None
+        return self._service
+
+    async def prepare_remote(self, labels: Mapping[str, str]) -> str | None:
+        source = LayerSource.from_labels(labels)
+        if source.toc_digest is None:
+            log.info("layer %s has no TOC digest label: it can not be verified, declining",
+                     source.digest)
+            return None
+        for digest in source.image_layers:  # resolved alongside this one, for their Prepares
+            if digest != source.digest:
+                self.service.resolve_soon(source.repository, digest)
+        with span("lazy_prepare", layer=source.digest):
+            return await self._mount_layer(source, wait_prefetch=True)
+
+    async def restore(self, labels: Mapping[str, str]) -> str | None:
+        source = LayerSource.from_labels(labels)
+        if source.toc_digest is None:
+            return None
+        return await self._mount_layer(source, wait_prefetch=False)
+
+    async def release(self, directory: str) -> None:
+        name = Path(directory).name
+        digest = self._digests.get(name, name.replace("-", ":", 1))
+        await self.service.release(digest)
+        if self.service.uses(digest) == 0:
+            self._digests.pop(name, None)
+            if self._fs is not None:
+                self._fs.remove_layer(name)
+
+    async def _mount_layer(self, source: LayerSource, wait_prefetch: bool) -> str:
+        """The layer's directory in the mount; with ``wait_prefetch``, once its prefetch is
+        done or ``prefetch_timeout_sec`` passed (the reference's wait before first use)."""
+        assert source.toc_digest is not None
+        layer = await self.service.acquire(source.repository, source.digest, source.toc_digest,
+                                           wait_prefetch=wait_prefetch)
+        try:
+            with span("fuse_mount"):
+                fs = await self._mounted()
+        except BaseException:
+            await self.service.release(source.digest)
+            raise
+        name = layer_dirname(source.digest)
+        with span("add_layer", layer=source.digest):
+            directory = fs.add_layer(layer, name)
+        self._digests[name] = source.digest
+        event("mount_ready", layer=source.digest)
+        log.info("layer %s mounted lazily at %s", source.digest, directory)
+        return str(directory)
+
+    async def _mounted(self) -> LazyFS:
+        async with self._mount_lock:
+            if self._fs is not None and self._fs_ended is not None and not self._fs_ended.is_set():
+                return self._fs
+            mountpoint = self.settings.mountpoint
+            await anyio.to_thread.run_sync(partial(mountpoint.mkdir, parents=True, exist_ok=True))
+            fs = LazyFS(mountpoint)
+            assert self._group is not None
+            self._fs_ended = await self._group.start(self._keep_mounted, fs)
+            self._fs = fs
+            return fs
+
+    @staticmethod
+    async def _keep_mounted(
+        fs: LazyFS, *, task_status: anyio.abc.TaskStatus[anyio.Event] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve ``fs`` until it is stopped or ends (a task of the worker's group)."""
+        async with fs.running(MOUNT_TIMEOUT_S) as ended:
+            task_status.started(ended)
+            await ended.wait()
