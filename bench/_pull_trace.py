@@ -197,6 +197,9 @@ def our_rows(lines: Sequence[tuple[float, str]], marks: Marks) -> Rows:
     background = [f for f in fetches if f.fields.get("kind") == "background"]
     rows["background fetches before hello"] = _total(
         background, between=(rel["pull"][0], rel["run"][1]))
+    rows["  of which cancelled by prioritized work"] = _total(
+        (f for f in background if f.fields.get("error") == "CancelledError"),
+        between=(rel["pull"][0], rel["run"][1]))
     return rows
 
 
@@ -302,8 +305,11 @@ ORDER = (
     "create:", "  prefetch wait", "layer checks", "registry blob GETs during create", "ctr: run",
     "run: gRPC", "run: first file read", "run: file reads", "run: last file read",
     "run: on-demand fetches", "  on-demand decode",
-    "background fetch", "registry blob GETs during run",
+    "background fetch", "  of which cancelled", "registry blob GETs during run",
 )
+
+
+MODE_ORDER = ("ours", "ours-rpull", "go", "full")
 
 
 def _rank(name: str) -> int:
@@ -350,7 +356,8 @@ def cell_text(cell: Cell | None) -> str:
     if cell.count is not None:
         parts.append(f"n={cell.count}")
     if cell.bytes is not None:
-        parts.append(f"{cell.bytes / 1e6:.2f} MB")
+        parts.append(f"{cell.bytes / 1e6:.2f} MB" if cell.bytes >= 100_000
+                     else f"{cell.bytes / 1e3:.1f} kB")
     if cell.start is not None:
         parts.append(f"@{cell.start:.0f}")
     return " ".join(parts)
@@ -358,7 +365,7 @@ def cell_text(cell: Cell | None) -> str:
 
 def phase_table(tables: dict[str, Rows]) -> tuple[list[str], list[list[str]]]:
     """Header and rows: one column per mode, then ours/go of the durations when both exist."""
-    modes = list(tables)
+    modes = sorted(tables, key=lambda m: (MODE_ORDER.index(m) if m in MODE_ORDER else 9, m))
     names = sorted(dict.fromkeys(name for rows in tables.values() for name in rows), key=_rank)
     header = ["phase", *modes]
     pair = ("ours", "go") if {"ours", "go"} <= set(modes) else None

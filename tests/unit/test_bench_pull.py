@@ -134,6 +134,8 @@ OUR_LOG = "\n".join([
     _ours(1020, f"phase=fetch t=1000.0 ms=20.00 kind=on_demand layer={LAYER} path=x bytes=3000"),
     _ours(1025, f"phase=read t=1000.0 ms=25.00 layer={LAYER} path=x offset=0 size=10"),
     _ours(1200, f"phase=fetch t=1100.0 ms=100.00 kind=background layer={LAYER} path=y bytes=5000"),
+    _ours(1150, f"phase=fetch t=1120.0 ms=30.00 kind=background layer={LAYER} path=w bytes=9"
+                " error=CancelledError"),
     _ours(1700, f"phase=fetch t=1600.0 ms=100.00 kind=background layer={LAYER} path=z bytes=7"),
 ])
 
@@ -160,7 +162,8 @@ def test_our_trace_lines_become_phases_on_the_bench_clock() -> None:
     assert rows["run: first file read"].start == approx(750)
     # the second background fetch began after "hello" (run ended at 101.5 s)
     background = rows["background fetches before hello"]
-    assert (background.count, background.bytes) == (1, 5000)
+    assert (background.count, background.bytes) == (2, 5009)
+    assert rows["  of which cancelled by prioritized work"].count == 1
 
 
 GO_LOG = "\n".join([
@@ -238,9 +241,11 @@ def test_phase_table_medians_order_and_ratios() -> None:
     assert (ours["Prepare ab"].ms, ours["Prepare ab"].bytes, ours["Prepare ab"].count) == (
         250, 20, 2)
     go = {"ctr: pull": cell(0, 150), "ctr: run": cell(200, 1000), "Prepare ab": cell(60, 0.5)}
-    header, body = trace_rows.phase_table({"ours": ours, "go": go})
+    header, body = trace_rows.phase_table({"go": go, "ours": ours})
     assert header == ["phase", "ours", "go", "ours/go"]
     assert [row[0] for row in body] == ["ctr: pull", "Prepare ab", "ctr: run"]
     ratios = {row[0]: row[-1] for row in body}
     assert ratios == {"ctr: pull": "3.00x", "ctr: run": "0.80x", "Prepare ab": ""}  # < 1 ms
-    assert body[1][1] == "250 ms n=2 0.00 MB @105"
+    assert body[1][1] == "250 ms n=2 0.0 kB @105"
+    assert trace_rows.cell_text(cell(None, None, 4_270_000, 21)) == "n=21 4.27 MB"
+    assert trace_rows.cell_text(cell(None, None, 400, 1)) == "n=1 0.4 kB"
