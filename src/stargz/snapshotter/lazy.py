@@ -32,6 +32,7 @@ from stargz.snapshotter.remote import (
     LABEL_STARGZ_REFERENCE,
     LABEL_TOC_DIGEST,
 )
+from stargz.trace import span
 
 if TYPE_CHECKING:
     from stargz.registry.reference import Reference
@@ -173,7 +174,8 @@ class LazyLayers:
         await asyncio.to_thread(worker.stop)
 
     async def _call(self, work: Callable[[LazyMounts], Awaitable[T]]) -> T:
-        worker = await asyncio.wrap_future(self._start())
+        with span("lazy_worker_wait"):  # the first call may wait for the worker's start
+            worker = await asyncio.wrap_future(self._start())
         return await worker.call(work)
 
     def _start(self) -> Future[Worker]:
@@ -189,9 +191,11 @@ class LazyLayers:
 def _start_worker(settings: LazySettings, future: Future[Worker]) -> None:
     future.set_running_or_notify_cancel()
     try:
-        from stargz.snapshotter.lazyworker import Worker  # pyfuse3, registry client, caches
+        with span("startup_lazy_worker"):
+            from stargz.snapshotter.lazyworker import Worker  # pyfuse3, registry client, caches
 
-        future.set_result(Worker.start(settings))
+            worker = Worker.start(settings)
+        future.set_result(worker)
     except BaseException as err:
         future.set_exception(err)
 
