@@ -168,6 +168,10 @@ def our_rows(lines: Sequence[tuple[float, str]], marks: Marks) -> Rows:
                      and c.start <= prepare.start <= c.end), None)
         head = f"Prepare {layer[7:19]}"
         rows[head] = Cell(call.start, call.ms) if call else Cell(prepare.start, prepare.ms)
+        if call is not None:  # the hand-over to the lazy worker (its start, on the 1st call)
+            waits = [r for r in records if r.phase == "lazy_worker_wait"
+                     and call.start <= r.start <= call.end]
+            rows["  wait for the lazy worker"] = _total(waits)
         for label, phase in (("HEAD (blob size)", "head"), ("footer+TOC fetch", "toc_fetch"),
                              ("TOC parse", "toc_parse"), ("resolve (all three)", "resolve_wait"),
                              ("verify TOC digest", "verify"), ("index chunks", "index"),
@@ -298,7 +302,8 @@ def _go_metric(logged: list[GoLine], operation: str) -> Cell:
 
 # Rows in the order of a start: each name is placed by the first entry it starts with.
 ORDER = (
-    "snapshotter start", "startup:", "ctr: pull", "manifest+config", "Prepare", "  HEAD",
+    "snapshotter start", "startup:", "ctr: pull", "manifest+config", "Prepare",
+    "  wait for the lazy worker", "  HEAD",
     "  footer+TOC", "  TOC parse", "  resolve", "  verify", "  index", "  FUSE mount",
     "  add layer", "  mount ready", "prefetch", "  prefetch download", "  prefetch fetches",
     "  prefetch decode", "  prefetch decompress", "registry blob GETs during pull", "ctr: create",

@@ -121,6 +121,7 @@ OUR_LOG = "\n".join([
     _ours(10, "phase=startup_import_lazy t=10.0 ms=200.00"),
     "100.300000 2026-12-02 INFO __main__: serving containerd snapshots on /x/snap.sock",
     _ours(700, f"phase=grpc t=300.0 ms=400.00 call=Prepare key=\"default/1/extract-1 {LAYER}\""),
+    _ours(305, "phase=lazy_worker_wait t=301.0 ms=4.00"),
     _ours(690, f"phase=lazy_prepare t=310.0 ms=380.00 layer={LAYER}"),
     _ours(361, f"phase=head t=311.0 ms=50.00 layer={LAYER} size=68173773"),
     _ours(381, f"phase=toc_fetch t=361.0 ms=20.00 layer={LAYER} bytes=524288 requests=1"),
@@ -151,6 +152,7 @@ def test_our_trace_lines_become_phases_on_the_bench_clock() -> None:
     assert rows["manifest+config (pull start -> 1st Prepare)"].ms == approx(100)
     prepare = rows["Prepare 0a0bc1e60a0b"]
     assert (prepare.start, prepare.ms) == (approx(100), approx(400))
+    assert rows["  wait for the lazy worker"].ms == approx(4)
     fetch = rows["  footer+TOC fetch"]
     assert (fetch.start, fetch.ms, fetch.bytes) == (approx(161), approx(20), 524288)
     assert rows["  TOC parse"].ms == approx(150)
