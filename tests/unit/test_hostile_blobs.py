@@ -299,3 +299,12 @@ def test_limits_come_from_the_config_file() -> None:
         parse_config("[limits]\nmax_toc_entries = 0\n")
     with pytest.raises(ConfigError, match=r"limits\.nope"):
         parse_config("[limits]\nnope = 1\n")
+
+
+def test_the_writer_refuses_chunks_readers_would_refuse() -> None:
+    from stargz.errors import BuildError
+
+    limit = LimitsConfig().max_chunk_bytes
+    with pytest.raises(BuildError, match=r"limits\.max_chunk_bytes"):
+        build_blob(make_tar([file("a", "x")]), chunk_size=limit // 2 + 1)
+    build_blob(make_tar([file("a", "x")]), chunk_size=limit // 2, min_chunk_size=limit // 2)

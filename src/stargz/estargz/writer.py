@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from stargz.config import LimitsConfig
 from stargz.errors import BuildError
 from stargz.estargz.compression import Compression, compress
 from stargz.estargz.footer import (
@@ -67,6 +68,11 @@ class BuildOptions:
     def check(self) -> None:
         if self.chunk_size <= 0:
             raise BuildError(f"chunk size must be positive, not {self.chunk_size}")
+        # A member may hold a chunk and packed files after it (up to 2 chunks' worth): keep
+        # it within what readers accept by default, or the layer could not be mounted.
+        if self.chunk_size > LimitsConfig().max_chunk_bytes // 2:
+            raise BuildError(f"chunk size {self.chunk_size} is more than readers accept "
+                             f"({LimitsConfig().max_chunk_bytes // 2}: limits.max_chunk_bytes/2)")
         if self.min_chunk_size < 0:
             raise BuildError(f"min chunk size must not be negative, not {self.min_chunk_size}")
         if self.compression not in ("gzip", "zstd-chunked"):
