@@ -128,12 +128,13 @@ class DiskCache:
         for sub in (self.root / "sha256").iterdir():
             if not sub.is_dir():
                 continue
-            for entry in os.scandir(sub):
-                if entry.name.startswith(TEMP_PREFIX):
-                    os.unlink(entry.path)
-                elif _is_hex(entry.name) and entry.is_file(follow_symlinks=False):
-                    stat = entry.stat(follow_symlinks=False)
-                    found.append((stat.st_atime_ns, entry.name, stat.st_size))
+            with os.scandir(sub) as entries:  # closed even when a file vanishes meanwhile
+                for entry in entries:
+                    if entry.name.startswith(TEMP_PREFIX):
+                        os.unlink(entry.path)
+                    elif _is_hex(entry.name) and entry.is_file(follow_symlinks=False):
+                        stat = entry.stat(follow_symlinks=False)
+                        found.append((stat.st_atime_ns, entry.name, stat.st_size))
         for _, name, size in sorted(found):
             self._entries[name] = size
             self._bytes += size
