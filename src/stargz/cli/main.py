@@ -16,6 +16,10 @@ import traceback
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
+# gRPC's C core would print its own errors (E1202 ... add_port.cc) beside our one line; it
+# reads this when it loads, which the imports below may do
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
 from stargz import logs
 from stargz.cli import blob, convert, inspect, mount, rpull, snapshotter
 from stargz.errors import ConfigError, StargzError

@@ -71,6 +71,8 @@ def register(commands: Subparsers) -> None:
         description="Stop the daemon serving MOUNTPOINT and unmount it; also cleans up the "
                     "mounts a killed daemon left behind.")
     umount.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
+    umount.add_argument("-l", "--lazy", "-f", "--force", dest="lazy", action="store_true",
+                        help="detach even when busy: processes still inside lose their files")
     _add_state_root(umount)
     umount.set_defaults(handler=run_umount)
 
@@ -193,6 +195,8 @@ def run_umount(args: argparse.Namespace) -> int:
     from stargz.imagemount.state import MountState, cleanup, stop_daemon
 
     state = MountState.of(args.mountpoint, args.state_dir)
+    if not args.lazy and state.daemon_pid() is not None:
+        _unmount_unless_busy(state.mountpoint)  # a busy mount stays, and keeps working
     stopped = stop_daemon(state)
     cleaned = cleanup(state)
     if not (stopped or cleaned):
@@ -200,4 +204,21 @@ def run_umount(args: argparse.Namespace) -> int:
     if not stopped:
         print(f"{state.mountpoint}: cleaned up after a daemon that is gone", file=sys.stderr)
     return 0
+
+
+def _unmount_unless_busy(mountpoint: Path) -> None:
+    """Unmount the image (not lazily); a mount something still uses is left as it is."""
+    import subprocess
+
+    from stargz.fs.mount import is_mounted
+
+    if not is_mounted(mountpoint):
+        return
+    done = subprocess.run(["umount", str(mountpoint)], capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0 and "busy" in done.stderr:
+        raise RuntimeIntegrationError(
+            f"{mountpoint} is busy (a process has a file or its working directory in it); "
+            "nothing was unmounted: end those processes, or detach it anyway with "
+            "`stargz umount --lazy`")
 

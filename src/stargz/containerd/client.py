@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
+import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -77,10 +78,20 @@ class Containerd:
             return await method(request, metadata=self.metadata(), timeout=CALL_TIMEOUT_S)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.UNAVAILABLE:
-                raise RuntimeIntegrationError(
-                    f"containerd at {self.address} is not reachable: {err.details()}"
-                ) from None
+                raise self._unreachable(what, err.details() or "") from None
             raise map_rpc_error(err, what) from None
+
+    def _unreachable(self, what: str, details: str) -> RuntimeIntegrationError:
+        """Who is down: containerd itself, or a plugin it dials for us (the snapshotter),
+        whose socket its answer names."""
+        dialed = re.search(r"dial unix:(?://)?(/[^\s:\"]+)", details)
+        if dialed is not None and dialed[1] != str(self.address):
+            return RuntimeIntegrationError(
+                f"{what}: containerd can not reach the snapshotter at {dialed[1]} (is `stargz "
+                f"snapshotter` running on the socket containerd's proxy plugin names?): "
+                f"{details}")
+        return RuntimeIntegrationError(f"containerd at {self.address} is not reachable: "
+                                       f"{details}")
 
     @contextlib.asynccontextmanager
     async def lease(self) -> AsyncIterator[str]:

@@ -61,6 +61,11 @@ class RetryPolicy:
                 if is_tls_failure(err):
                     raise TransportError(f"{what}: TLS verification failed ({describe(err)}); "
                                          "configure the CA in hosts.toml") from None
+                if speaks_plain_http(err):  # a retry would only get the same answer
+                    raise TransportError(
+                        f"{what}: {describe(err)}: the registry answered in plain HTTP; for a "
+                        "plain-HTTP registry use --plain-http (or server = \"http://HOST\" in "
+                        "its hosts.toml; the snapshotter: [lazy] plain_http)") from None
                 if attempt >= self.max_retries:
                     raise TransportError(f"{what}: {describe(err)} "
                                          f"(gave up after {attempt + 1} attempts)") from None
@@ -79,6 +84,11 @@ def is_tls_failure(err: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return "CERTIFICATE_VERIFY_FAILED" in str(err)
+
+
+def speaks_plain_http(err: BaseException) -> bool:
+    """A TLS handshake answered by a plain-HTTP server (OpenSSL's WRONG_VERSION_NUMBER)."""
+    return "WRONG_VERSION_NUMBER" in str(err)
 
 
 def describe(err: BaseException) -> str:

@@ -133,8 +133,8 @@ def registry_error(response: httpx.Response, what: str) -> StargzError:
     Call only after the body was read (or on a HEAD answer)."""
     status = response.status_code
     code, message = _error_details(response)
-    detail = f"{code}: {message}" if code else f"HTTP {status}"
-    text = " ".join(f"{what}: {detail} (HTTP {status})".split())[:500]
+    detail = f"{code}: {message} (HTTP {status})" if code else f"HTTP {status}"  # status once
+    text = " ".join(f"{what}: {detail}".split())[:500]
     if status in (401, 403):
         return AuthError(text)
     if status == 404:

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+# gRPC's C core logs its own errors (E1202 ... add_port.cc) besides the one we report
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 import grpc
 
 from stargz import logs, trace
@@ -206,6 +208,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_from_args(build_parser().parse_args(argv))
 
 
+MAX_SOCKET_PATH = 107  # bytes of sun_path, less its terminating NUL
+
+
+def check_paths(config: SnapshotterConfig) -> None:
+    """--root and --address that can not work, said before anything starts (ConfigError)."""
+    # _listen binds in <parent>/.bind-XXXXXXXX/s first, then renames into place
+    staged = len(os.fsencode(config.address.parent)) + len("/.bind-xxxxxxxx/s")
+    length = max(len(os.fsencode(config.address)), staged)
+    if length > MAX_SOCKET_PATH:
+        raise ConfigError(f"--address {config.address}: a unix socket path holds at most "
+                          f"{MAX_SOCKET_PATH} bytes, this one needs {length}")
+    for flag, path, directory in (("--root", config.root, config.root),
+                                  ("--address", config.address, config.address.parent)):
+        existing = directory
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ConfigError(f"{flag} {path}: {existing} is not a directory")
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        where = f": {err.filename}" if err.filename is not None else ""
+        return f"{err.strerror}{where}"
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; 0 on a clean stop, 2 for a bad config, 1 otherwise."""
     try:
@@ -213,12 +242,13 @@ def run_from_args(args: argparse.Namespace) -> int:
         logs.configure(config.log_level)  # httpx's line per request only at debug and trace
         if getattr(args, "trace", False):
             trace.enable()
+        check_paths(config)
         with trace.span("startup_import_lazy"):
             from stargz.snapshotter.lazy import load_lazy  # imported late: it loads pyfuse3
 
         run(config, load_lazy(args.config, config.root))
-    except StargzError as err:
-        print(f"stargz snapshotter: {err}", file=sys.stderr)
+    except (StargzError, OSError) as err:  # one shape for every start-up failure
+        print(f"stargz: error: {_one_line(err)}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
     except KeyboardInterrupt:
         return 130
