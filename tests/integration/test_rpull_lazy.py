@@ -28,7 +28,7 @@ from tests.integration.test_rpull_containerd import (  # noqa: F401 (fixtures ar
     registry_fixture,
     running_stack,
 )
-from tests.support.faultproxy import FaultProxy
+from tests.support.faultproxy import Fault, FaultProxy
 from tests.support.images import busybox_rootfs_tar, debian_python_rootfs_tar
 
 pytestmark = pytest.mark.integration
@@ -136,6 +136,23 @@ def test_removing_the_image_releases_its_layers(lazy_stack: Stack, proxy: FaultP
     assert not any((mount / name).exists() for name in names)
     snapshots = lazy_stack.containerd.ctr("snapshots", "--snapshotter", "stargz", "ls").stdout
     assert snapshots.splitlines()[1:] == []  # containerd's GC removed them, then we released
+
+
+def test_the_other_layers_resolve_during_the_first_prepare(lazy_stack: Stack, proxy: FaultProxy,
+                                                          estargz_image: str) -> None:
+    """While the bottom layer's footer+TOC read is stalled, the top layer's is served: the
+    image's other layers (the stargz.layers label) are resolved alongside the first Prepare,
+    not after it, and their own Prepares share that resolution (one HEAD, one tail read)."""
+    bottom, top = _layer_digests(estargz_image)
+    proxy.add_fault(Fault("stall", path_contains=bottom, method="GET", only_ranged=True,
+                          keep_fraction=0, stall_seconds=5))
+    result = lazy_stack.rpull(_via_proxy(estargz_image, proxy))
+    assert "2 lazy, 0 downloaded" in result.stdout, lazy_stack.snapshotter.log_text()[-3000:]
+    reads = [s.path for s in proxy.served("/blobs/", method="GET") if s.range is not None]
+    first_top = next(i for i, path in enumerate(reads) if top in path)
+    retried_bottom = max(i for i, path in enumerate(reads) if bottom in path)
+    assert first_top < retried_bottom, reads  # served while the bottom's Prepare was stuck
+    assert len(proxy.served(top, method="HEAD")) == 1
 
 
 @pytest.mark.slow
