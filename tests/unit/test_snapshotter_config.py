@@ -72,3 +72,13 @@ def test_contrib_files_agree_with_the_defaults() -> None:
     cri = containerd["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]
     assert cri["disable_snapshot_annotations"] is False
     assert "stargz snapshotter --config" in (contrib / "stargz-snapshotter.service").read_text()
+
+
+def test_the_unit_runs_stargz_where_the_readme_installs_it() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    unit = (repo / "contrib" / "stargz-snapshotter.service").read_text()
+    [exec_start] = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    binary = Path(exec_start.removeprefix("ExecStart=").split()[0])
+    readme = (repo / "README.md").read_text()
+    assert f"ln -s /opt/stargz/bin/stargz {binary}" in readme
+    assert f"PIPX_BIN_DIR={binary.parent} pipx install" in readme
