@@ -308,3 +308,35 @@ def test_the_writer_refuses_chunks_readers_would_refuse() -> None:
     with pytest.raises(BuildError, match=r"limits\.max_chunk_bytes"):
         build_blob(make_tar([file("a", "x")]), chunk_size=limit // 2 + 1)
     build_blob(make_tar([file("a", "x")]), chunk_size=limit // 2, min_chunk_size=limit // 2)
+
+
+def test_layer_reads_go_in_bounded_steps_and_its_config_bounds_chunks(tmp_path: Path) -> None:
+    """A layer honours its own config's limit, however its TOC was opened, and a read of
+    many chunks never holds more than about that limit at once."""
+    import asyncio
+
+    from stargz.cache import MemoryCache, TieredCache
+    from stargz.config import Config
+    from stargz.estargz.chunks import Chunk
+    from stargz.layer.layer import _groups
+    from stargz.layer.sources import mount_from_file
+
+    content = os.urandom(10_000)
+    blob, result = build_blob(make_tar([file("f", content)]), chunk_size=1000)
+    path = _write(tmp_path, blob)
+
+    async def read(limits: LimitsConfig) -> bytes:
+        config = Config(no_background_fetch=True, limits=limits)
+        layer = await mount_from_file(path, sha(blob), result.toc_digest,
+                                      TieredCache(MemoryCache(1 << 20)), config)
+        try:
+            return await layer.read("f", 0, len(content))
+        finally:
+            await layer.close()
+
+    assert asyncio.run(read(LimitsConfig(max_chunk_bytes=2500))) == content
+    with pytest.raises(TOCError, match=r"limits\.max_chunk_bytes"):
+        asyncio.run(read(LimitsConfig(max_chunk_bytes=999)))
+    chunks = [Chunk("f", i * 1000, 1000, i * 10, i * 10 + 10, 0, sha(b"")) for i in range(10)]
+    steps = _groups(chunks, 2 * 2500, 2500)
+    assert [len(s) for s in steps] == [2, 2, 2, 2, 2]  # 10 bytes compressed, 1000 decoded each
