@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -340,3 +341,19 @@ def test_layer_reads_go_in_bounded_steps_and_its_config_bounds_chunks(tmp_path: 
     chunks = [Chunk("f", i * 1000, 1000, i * 10, i * 10 + 10, 0, sha(b"")) for i in range(10)]
     steps = _groups(chunks, 2 * 2500, 2500)
     assert [len(s) for s in steps] == [2, 2, 2, 2, 2]  # 10 bytes compressed, 1000 decoded each
+
+
+def test_a_file_replaced_by_a_fifo_of_the_same_name_is_not_written(tmp_path: Path) -> None:
+    """The later entry wins: its data must not be written into the fifo (that would hang)."""
+    crafted = Crafted()
+    crafted.file("a", b"data")
+    crafted.entries.append({"name": "a", "type": "fifo", "mode": 0o644})
+    blob, digest = crafted.finish()
+    path = _write(tmp_path, blob)
+    out = tmp_path / "out"
+    done = run_limited(stargz("blob", "extract", str(path), str(out), "--toc-digest", digest),
+                       timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert stat.S_ISFIFO(os.lstat(out / "a").st_mode)
+    done = run_limited(stargz("blob", "verify", str(path), "--toc-digest", digest), timeout=60)
+    assert done.returncode == 0 and "0 files, 0 chunks" in done.stdout, done.stderr

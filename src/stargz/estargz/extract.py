@@ -26,6 +26,8 @@ from stargz.estargz.toc import TOCEntry
 log = logging.getLogger(__name__)
 
 _DIR_FLAGS = DIR_FLAGS
+# O_NONBLOCK: should the file have become a fifo meanwhile, fail (ENXIO) instead of waiting.
+_WRITE_FILE = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -133,8 +135,7 @@ def _write_contents(blob: VerifiedBlob, walker: DirWalker) -> None:
                     _close_file(blob, current)
                     current = None
                 dir_fd, base = _parent(walker, chunk.path)
-                current = chunk.path, os.open(base, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                              dir_fd=dir_fd)
+                current = chunk.path, os.open(base, _WRITE_FILE, dir_fd=dir_fd)
             os.pwrite(current[1], data, chunk.chunk_offset)
         if current is not None:
             _close_file(blob, current)

@@ -258,8 +258,10 @@ class VerifiedBlob:
         """Every chunk of every regular file with its verified bytes, in blob order (a file's
         chunks one after another, in file order): each member is read and decompressed once,
         and at most one member's chunks are held. Raises at the first chunk that fails."""
-        chunks = sorted(
-            (c for cs in self._index.chunks.values() for c in cs),
+        entries = self._index.entries
+        chunks = sorted(  # only files the TOC keeps: a later entry of the same name wins
+            (c for name, cs in self._index.chunks.items() if entries[name].type == "reg"
+             for c in cs),
             key=lambda c: (c.compressed_offset, c.inner_offset),
         )
         start = 0
