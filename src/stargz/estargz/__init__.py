@@ -3,7 +3,8 @@
     source.py       RangeSource and its file / bytes / callable implementations
     footer.py       the 51-, 47- and 48-byte footers (and refusing the external-TOC one)
     toc.py          TOCEntry, TOC, parse_toc (hostile-input validation), clean_name
-    tocindex.py     chunk tiling, digests, hardlinks, implied dirs: the reader's name index
+    tocparse.py     TOC JSON to TOCEntry records (msgspec), within Config [limits]
+    tocindex.py     chunk tiling and layout, digests, hardlinks, implied dirs: the name index
     chunks.py       Chunk, the unit of fetching and verification
     reader.py       open_blob -> UnverifiedBlob -> VerifiedBlob (every chunk digest-checked)
     compression.py  gzip members / zstd frames, bounded decompression
@@ -12,5 +13,6 @@
     prioritize.py   the reference's reordering rules for prioritized files
     layout.py       members, parallel compression, in-order output
     writer.py       BuildOptions, build, BuildResult (+ layer annotations)
-    extract.py      safe extraction to a directory
+    extract.py      safe extraction to a directory, linear in the blob
+    dirwalk.py      directory fds along one path (O_NOFOLLOW), for linear extraction
 """
