@@ -21,7 +21,7 @@ from importlib.metadata import PackageNotFoundError, version
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from stargz import logs
-from stargz.cli import blob, convert, inspect, mount, rpull, snapshotter
+from stargz.cli import blob, convert, inspect, mount, optimize, rpull, snapshotter
 from stargz.errors import ConfigError, StargzError
 from stargz.printable import printable
 
@@ -41,6 +41,7 @@ GROUPS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], No
     convert.register,
     inspect.register,
     mount.register,
+    optimize.register,
     rpull.register,
     snapshotter.register,
 )

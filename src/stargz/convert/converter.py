@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -44,13 +45,23 @@ class ConvertOptions:
     external_toc: bool = False  # ctr-remote's --estargz-external-toc: TOCs in <tag>-esgztoc
     keep_diff_id: bool = False  # --estargz-keep-diff-id (with external_toc)
     uncompress: bool = False  # --uncompress: plain tar layers, no eStargz
+    # `stargz optimize`: each source layer's own prioritized files (by its digest), after
+    # `prioritized`; every convertible layer is then rebuilt, eStargz ones included, so that
+    # a layer the workload never read gets `.no.prefetch.landmark` instead of an old landmark
+    layer_prioritized: Mapping[str, tuple[str, ...]] | None = None
 
-    def build_options(self) -> BuildOptions:
+    def prioritized_for(self, layer_digest: str | None) -> tuple[str, ...]:
+        if self.layer_prioritized is None or layer_digest is None:
+            return self.prioritized
+        own = self.layer_prioritized.get(layer_digest, ())
+        return tuple(dict.fromkeys(self.prioritized + own))
+
+    def build_options(self, layer_digest: str | None = None) -> BuildOptions:
         return BuildOptions(
             chunk_size=self.chunk_size,
             level=self.level,
             min_chunk_size=self.min_chunk_size,
-            prioritized=self.prioritized,
+            prioritized=self.prioritized_for(layer_digest),
             allow_missing_prioritized=self.allow_missing_prioritized,
             compression="zstd-chunked" if self.zstd_chunked else "gzip",
             external_toc=self.external_toc,
@@ -59,25 +70,32 @@ class ConvertOptions:
 
     def check(self) -> None:
         """Refuse combinations that mean nothing, before anything is downloaded."""
-        if self.uncompress and (self.zstd_chunked or self.external_toc or self.prioritized):
+        per_layer = self.layer_prioritized is not None
+        if self.uncompress and (self.zstd_chunked or self.external_toc or self.prioritized
+                                or per_layer):
             raise BuildError("--uncompress writes plain tar layers: it takes no eStargz or "
                              "zstd:chunked option")
-        if not self.uncompress:
-            self.build_options().check()
+        if self.uncompress:
+            return
+        self.build_options().check()
+        for digest in (self.layer_prioritized or {}):
+            self.build_options(digest).check()
 
-    def record_key(self) -> str:
+    def record_key(self, layer_digest: str | None = None) -> str:
         """What makes two conversions of one layer produce the same blob."""
         key = {
             "zstd": self.zstd_chunked,
             "chunk": self.chunk_size,
             "level": self.level,
             "min_chunk": self.min_chunk_size,
-            "prio": list(self.prioritized),
+            "prio": list(self.prioritized_for(layer_digest)),
             "allow_missing": self.allow_missing_prioritized,
             "external_toc": self.external_toc,
             "keep_diff_id": self.keep_diff_id,
             "uncompress": self.uncompress,
         }
+        if self.layer_prioritized is not None:  # rebuilt even when already eStargz
+            key["optimized"] = True
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -194,7 +212,7 @@ class Converter:
                 self._result.layers_reused += 1
                 self._progress.finish(layer.digest, "already converted: kept")
                 return _ConvertedLayer(layer, diff_id)
-            record = self._records.get(layer.digest, self._options.record_key())
+            record = self._records.get(layer.digest, self._options.record_key(layer.digest))
             if record is not None and await self._reusable(record):
                 self._note_toc(record)
                 self._result.layers_reused += 1
@@ -211,8 +229,10 @@ class Converter:
             self._progress.start(key, "downloading", layer.size)
             await self._source.fetch_blob(layer, src_path, lambda n: self._progress.advance(key, n))
             self._progress.start(key, "converting", layer.size)
-            built = await asyncio.to_thread(self._build_file, src_path, out_path)
-            record = ConversionRecord.of(layer.digest, self._options.record_key(), built)
+            built = await asyncio.to_thread(self._build_file, layer.digest, src_path, out_path)
+            self._note_missing(layer.digest, built)
+            record = ConversionRecord.of(layer.digest, self._options.record_key(layer.digest),
+                                         built)
             self._progress.start(key, "pushing", built.blob_size)
             desc = self._descriptor(layer, record)
             await self._dest.push_blob(desc, out_path, lambda n: self._progress.advance(key, n))
@@ -224,11 +244,17 @@ class Converter:
         self._progress.finish(key, f"converted to {record.digest[:19]} ({record.size} bytes)")
         return record
 
-    def _build_file(self, src_path: Path, out_path: Path) -> BuildResult:
+    def _build_file(self, digest: str, src_path: Path, out_path: Path) -> BuildResult:
         with src_path.open("rb") as src, out_path.open("wb") as out:
             if self._options.uncompress:
                 return _uncompress(src, out)
-            return build(src, out, self._options.build_options())
+            return build(src, out, self._options.build_options(digest))
+
+    def _note_missing(self, digest: str, built: BuildResult) -> None:
+        if built.missing_prioritized and self._options.layer_prioritized is not None:
+            # a layer's own list names only files it has: a miss means a stale record
+            log.warning("layer %s: %d prioritized files are not in the layer (first: %s)",
+                        digest, len(built.missing_prioritized), built.missing_prioritized[0])
 
     async def _reusable(self, record: ConversionRecord) -> bool:
         """A recorded conversion whose blobs (the layer, and its TOC if external) are there."""
@@ -254,6 +280,8 @@ class Converter:
     def _already_converted(self, layer: Descriptor) -> bool:
         if layer.media_type not in mt.CONVERTIBLE_LAYERS:
             return True  # foreign layers are never converted, only carried over
+        if self._options.layer_prioritized is not None:
+            return False  # optimizing: every layer gets this workload's order and landmark
         if self._options.uncompress:
             return layer.media_type in (mt.OCI_LAYER, mt.DOCKER_LAYER)
         zstd = self._options.zstd_chunked

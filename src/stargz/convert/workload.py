@@ -36,15 +36,19 @@ class RecordEntry:
 
 def read_record_paths(file: Path) -> tuple[str, ...]:
     """The paths of a record file: JSON records or one path a line, each path once."""
+    return tuple(dict.fromkeys(entry.path for entry in read_record_entries(file)))
+
+
+def read_record_entries(file: Path) -> list[RecordEntry]:
+    """A record file's entries as written: JSON records (with where each file was found), or
+    one path a line (entries with the path only)."""
     try:
         text = file.read_text(encoding="utf-8", errors="surrogateescape")
     except OSError as err:
         raise InvalidArgumentError(f"can not read record file {file}: {err.strerror}") from None
     if text.lstrip().startswith("{"):
-        paths = [entry.path for entry in _json_records(text, file)]
-    else:
-        paths = [line.rstrip("\r") for line in text.split("\n") if line.rstrip("\r")]
-    return tuple(dict.fromkeys(paths))
+        return _json_records(text, file)
+    return [RecordEntry(line.rstrip("\r")) for line in text.split("\n") if line.rstrip("\r")]
 
 
 def _json_records(text: str, file: Path) -> list[RecordEntry]:
@@ -82,7 +86,7 @@ def _entry(doc: object, file: Path, line: int) -> RecordEntry:
 
 
 def write_records(file: Path, entries: Iterable[RecordEntry]) -> None:
-    """Write ``entries`` in the reference's format (what the coming ``stargz optimize`` uses)."""
+    """Write ``entries`` in the reference's format (``stargz optimize --record-out``)."""
     with file.open("w", encoding="utf-8", errors="surrogateescape") as out:
         for entry in entries:
             out.write(entry.to_json() + "\n")

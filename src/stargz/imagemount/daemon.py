@@ -49,14 +49,16 @@ class MountRequest:
 
 
 async def serve_image(request: MountRequest, registry: RegistryClient,
-                      on_ready: Callable[[list[OpenLayer]], None]) -> None:
-    """Mount ``request.image`` on its mountpoint and serve it until told to stop."""
+                      on_ready: Callable[[list[OpenLayer]], None],
+                      stop: anyio.Event | None = None) -> None:
+    """Mount ``request.image`` on its mountpoint and serve it until told to stop: SIGTERM or
+    SIGINT, or ``stop`` set by the caller (which the signals set too)."""
     state = request.state
     # what the daemon creates (state, log, downloaded blobs, chunk cache) is for root only;
     # files users write through a --rw mount take their own umask, not this one
     os.umask(0o077)
     await anyio.to_thread.run_sync(_prepare, state)
-    stop = anyio.Event()
+    stop = stop if stop is not None else anyio.Event()
     fs = LazyFS(state.fuse_dir, metrics_address=request.metrics_address,
                 allow_setuid_and_devices=request.allow_setuid_and_devices)
     layers: list[OpenLayer] = []
