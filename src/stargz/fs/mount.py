@@ -53,7 +53,7 @@ class LazyFS:
     def __init__(self, mountpoint: str | Path, metrics_address: str | None = None,
                  allow_setuid_and_devices: bool = False) -> None:
         self.mountpoint = Path(mountpoint)
-        self.options = MOUNT_OPTIONS + (
+        self.options: tuple[str, ...] = MOUNT_OPTIONS + (
             UNSAFE_OPTIONS if allow_setuid_and_devices else SAFE_OPTIONS)
         self.core = FSCore(uid=os.getuid(), gid=os.getgid())
         self.metrics = FSMetrics(self._layer_directories)

@@ -1,7 +1,9 @@
 """Registry credentials, each tied to the registry host it was given for: explicit ones (flags),
-STARGZ_USERNAME/STARGZ_PASSWORD for the one host in STARGZ_REGISTRY, and the Docker config
-(``auths``, ``credHelpers``, ``credsStore``). There is no credential for "any host": a registry
-never receives another registry's secret. Secrets never reach reprs, logs or error messages.
+STARGZ_USERNAME/STARGZ_PASSWORD for the one host in STARGZ_REGISTRY, containers' auth.json files
+(podman's and buildah's logins, when asked for) and the Docker config (``auths``,
+``credHelpers``, ``credsStore``; auth.json has the same shape). There is no credential for "any
+host": a registry never receives another registry's secret. Secrets never reach reprs, logs or
+error messages.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import binascii
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,31 +62,51 @@ def docker_config_path() -> Path:
     return base / "config.json"
 
 
+def containers_auth_files(authfile: Path | None = None) -> list[Path]:
+    """Where podman and buildah keep their logins (containers-auth.json(5)), in their order:
+    ``authfile`` (``--authfile``) alone when given, else ``$REGISTRY_AUTH_FILE``, else
+    ``$XDG_RUNTIME_DIR/containers/auth.json`` (``/run/containers/UID/auth.json`` without it)
+    and then ``$XDG_CONFIG_HOME/containers/auth.json`` (``~/.config``)."""
+    if authfile is not None:
+        return [authfile]
+    named = os.environ.get("REGISTRY_AUTH_FILE")
+    if named:
+        return [Path(named)]
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    primary = Path(runtime) / "containers" if runtime else Path(f"/run/containers/{os.getuid()}")
+    config_home = os.environ.get("XDG_CONFIG_HOME")
+    config = Path(config_home) if config_home else Path.home() / ".config"
+    return [primary / "auth.json", config / "containers" / "auth.json"]
+
+
 class CredentialStore:
     """Looks credentials up per registry host, in order: explicit ones for that host (flags,
     environment), then the Docker config file (helpers before inline ``auths``, as docker does)."""
 
     def __init__(self, per_host: Mapping[str, Credentials] | None = None,
-                 docker_config: Path | None = None) -> None:
+                 docker_config: Path | None = None, auth_files: Sequence[Path] = ()) -> None:
+        """``auth_files`` (containers' auth.json) are asked before ``docker_config``; the first
+        file with an entry for a host gives its credentials."""
         self._per_host = {normalize_host(h): c for h, c in (per_host or {}).items()}
-        self._docker_config = docker_config
+        self._files = [*auth_files, *([docker_config] if docker_config is not None else [])]
         self._found: dict[str, Credentials | None] = {}
 
     def __repr__(self) -> str:
-        return f"CredentialStore(hosts={sorted(self._per_host)}, config={self._docker_config})"
+        files = ", ".join(str(f) for f in self._files) or None
+        return f"CredentialStore(hosts={sorted(self._per_host)}, config={files})"
 
     @classmethod
     def anonymous(cls) -> CredentialStore:
         return cls()
 
     @classmethod
-    def from_environment(cls, explicit: Mapping[str, Credentials] | None = None
-                         ) -> CredentialStore:
+    def from_environment(cls, explicit: Mapping[str, Credentials] | None = None,
+                         auth_files: Sequence[Path] = ()) -> CredentialStore:
         """``explicit`` (per host, from flags) first, then STARGZ_USERNAME/STARGZ_PASSWORD for
-        the host in STARGZ_REGISTRY, then the Docker config file."""
+        the host in STARGZ_REGISTRY, then ``auth_files``, then the Docker config file."""
         per_host = dict(environment_credentials())
         per_host.update({normalize_host(h): c for h, c in (explicit or {}).items()})
-        return cls(per_host, docker_config=docker_config_path())
+        return cls(per_host, docker_config=docker_config_path(), auth_files=auth_files)
 
     async def get(self, host: str) -> Credentials | None:
         """Credentials for ``host`` (host[:port]) or None for anonymous access."""
@@ -92,20 +114,29 @@ class CredentialStore:
         if host in self._per_host:
             return self._per_host[host]
         if host not in self._found:
-            self._found[host] = await self._from_docker_config(host)
+            self._found[host] = await self._from_files(host)
         return self._found[host]
 
-    async def _from_docker_config(self, host: str) -> Credentials | None:
-        config = _load_config(self._docker_config)
-        if config is None:
-            return None
-        helpers = config.get("credHelpers") or {}
-        helper = helpers.get(host) or config.get("credsStore")
-        if helper:
-            found = await run_credential_helper(str(helper), host)
+    async def _from_files(self, host: str) -> Credentials | None:
+        for path in self._files:
+            found = await _from_config_file(path, host)
             if found is not None:
                 return found
-        return _from_auths(config.get("auths") or {}, host, self._docker_config)
+        return None
+
+
+async def _from_config_file(path: Path, host: str) -> Credentials | None:
+    """``host``'s entry in a Docker config or auth.json file (helpers before ``auths``)."""
+    config = _load_config(path)
+    if config is None:
+        return None
+    helpers = config.get("credHelpers") or {}
+    helper = helpers.get(host) or config.get("credsStore")
+    if helper:
+        found = await run_credential_helper(str(helper), host)
+        if found is not None:
+            return found
+    return _from_auths(config.get("auths") or {}, host, path)
 
 
 def environment_credentials() -> dict[str, Credentials]:

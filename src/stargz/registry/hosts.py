@@ -78,14 +78,16 @@ class HostsConfig:
     insecure_hosts: frozenset[str] = field(default_factory=frozenset)
     # As containerd's MatchLocalhost: a registry on this machine is spoken to in plain HTTP.
     plain_http_localhost: bool = False
+    plain_http_all: bool = False  # every registry in plain HTTP (`stargz store --plain-http`)
     _cache: dict[str, list[Endpoint]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def create(cls, config_dir: Path | str | None = None,
                insecure_hosts: Iterable[str] = (),
-               plain_http_localhost: bool = False) -> HostsConfig:
+               plain_http_localhost: bool = False, plain_http_all: bool = False
+               ) -> HostsConfig:
         return cls(Path(config_dir) if config_dir else None, frozenset(insecure_hosts),
-                   plain_http_localhost)
+                   plain_http_localhost, plain_http_all)
 
     def endpoints(self, registry: str, capability: str = "pull") -> list[Endpoint]:
         """Endpoints for ``registry`` that have ``capability``, mirrors first, origin last."""
@@ -94,7 +96,7 @@ class HostsConfig:
         return [ep for ep in self._cache[registry] if capability in ep.capabilities]
 
     def _load(self, registry: str) -> list[Endpoint]:
-        plain = registry in self.insecure_hosts or (
+        plain = self.plain_http_all or registry in self.insecure_hosts or (
             self.plain_http_localhost and is_localhost(registry))
         default_scheme = "http" if plain else "https"
         origin = Endpoint(default_scheme, registry_endpoint_host(registry), "/v2")
@@ -112,7 +114,7 @@ class HostsConfig:
         when loopback is plain, or an ``http://`` endpoint in the hosts directory (of a
         registry loaded so far, or the host's own ``hosts.toml``: a token realm's, say)."""
         netloc = urlsplit(url).netloc
-        if self.plain_http_localhost and is_localhost(netloc):
+        if self.plain_http_all or (self.plain_http_localhost and is_localhost(netloc)):
             return True
         target = _http_host_port(netloc)
         named = {_http_host_port(registry_endpoint_host(h)) for h in self.insecure_hosts}
