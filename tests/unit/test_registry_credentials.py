@@ -156,3 +156,40 @@ def test_secrets_never_in_repr() -> None:
     for text in (repr(creds), str(creds), repr(store), f"{creds}", str([creds])):
         assert SECRET not in text
     assert "alice" in repr(creds)
+
+
+def _auth(user: str, password: str) -> dict[str, str]:
+    return {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_auth_json_files_come_before_the_docker_config_in_order(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    runtime = write_config(first, {"auths": {"reg.example/team/app": _auth("podman", SECRET)}})
+    legacy = write_config(second, {"auths": {"reg.example": _auth("legacy", "x"),
+                                             "other.example": _auth("other", "y")}})
+    docker = write_config(tmp_path, {"auths": {"reg.example": _auth("docker", "z"),
+                                               "third.example": _auth("third", "w")}})
+    store = CredentialStore(docker_config=docker, auth_files=[runtime, tmp_path / "none.json",
+                                                              legacy])
+    assert get(store, "reg.example") == Credentials("podman", SECRET)  # a repo-scoped key
+    assert get(store, "other.example") == Credentials("other", "y")
+    assert get(store, "third.example") == Credentials("third", "w")
+    assert get(store, "fourth.example") is None
+    assert SECRET not in repr(store)
+
+
+def test_containers_auth_files_follow_podman(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from stargz.registry.credentials import containers_auth_files
+
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    assert containers_auth_files() == [tmp_path / "run/containers/auth.json",
+                                       tmp_path / "config/containers/auth.json"]
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert containers_auth_files()[0] == Path(f"/run/containers/{os.getuid()}/auth.json")
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "named.json"))
+    assert containers_auth_files() == [tmp_path / "named.json"]
+    assert containers_auth_files(tmp_path / "flag.json") == [tmp_path / "flag.json"]

@@ -125,3 +125,11 @@ def test_plain_http_allowed_only_for_configured_hosts(tmp_path: Path) -> None:
     loopback = HostsConfig.create(plain_http_localhost=True)
     assert loopback.plain_http_allowed("http://127.0.0.1:5000/")
     assert not loopback.plain_http_allowed("http://127.0.0.1.example/")
+
+
+def test_plain_http_all_makes_every_registry_plain() -> None:
+    hosts = HostsConfig.create(plain_http_all=True)
+    assert [e.base_url for e in hosts.endpoints("reg.example:5000")] == [
+        "http://reg.example:5000/v2"]
+    assert hosts.plain_http_allowed("http://auth.example/token")
+    assert not HostsConfig.create().plain_http_allowed("http://auth.example/token")
