@@ -41,7 +41,7 @@ def test_toml_file_sets_values(tmp_path: Path) -> None:
         ("prefetch_timeout = 3", "unknown config key 'prefetch_timeout'"),
         ("[blob]\nchunksize = 3", "unknown config key 'blob.chunksize'"),
         ("[nope]\na = 1", "unknown config key 'nope'"),
-        ("blob = 3", "'blob' must be a table"),
+        ("blob = 3", "'blob' in text must be a table"),
         ("max_concurrency = 'two'", "must be an integer"),
         ("max_concurrency = true", "must be an integer"),
         ("no_background_fetch = 1", "must be true or false"),

@@ -346,6 +346,8 @@ class Layer:
 
     def prefetch_end(self) -> int:
         """Compressed offset up to which the blob is prefetched at mount (0: nothing)."""
+        if self.config.noprefetch:
+            return 0
         end = self._blob.prefetch_end()
         if end is None:
             end = self.config.prefetch_size

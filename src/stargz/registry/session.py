@@ -44,7 +44,8 @@ class Session:
         key = "injected" if self._transport is not None else endpoint.tls_key
         client = self._clients.get(key)
         if client is None:
-            timeout = httpx.Timeout(self.retry.timeout)
+            seconds = endpoint.request_timeout or self.retry.timeout
+            timeout = httpx.Timeout(seconds if seconds > 0 else None)
             # identity: blob bytes must arrive as stored, never re-encoded in transit.
             headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
             if self._transport is not None:
