@@ -215,3 +215,10 @@ def blob_bytes_served(registry: RunningRegistry) -> int:
         if match["method"] == "GET" and "/blobs/" in match["path"] and match["bytes"] != "-":
             total += int(match["bytes"])
     return total
+
+
+def blob_requests(registry: RunningRegistry, digest: str) -> list[str]:
+    """The methods of the requests the registry answered for blob ``digest``, in order."""
+    log = (registry.workdir / "registry.out").read_text(errors="replace")
+    return [match["method"] for match in _ACCESS_LINE.finditer(log)
+            if match["path"].endswith(f"/blobs/{digest}")]

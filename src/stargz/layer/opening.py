@@ -49,21 +49,26 @@ class TailSource:
 
 
 async def fetch_tail(
-    fetcher: BlobFetcher, timeout: float, stats: LayerStats, digest: str = ""
+    fetcher: BlobFetcher, timeout: float, stats: LayerStats, digest: str = "",
+    last: bytes | None = None,
 ) -> TailSource:
-    """Fetch the footer and TOC: the last TAIL_READ bytes, then whatever of the TOC is
-    before them. ``digest`` labels the timings (stargz_footer_get, stargz_toc_get)."""
+    """Fetch the footer and TOC: the last TAIL_READ bytes (or ``last``, the blob's end fetched
+    already), then whatever of the TOC is before them. ``digest`` labels the timings
+    (stargz_footer_get, stargz_toc_get)."""
     with opmetrics.timed(opmetrics.STARGZ_TOC_GET, digest):
-        return await _fetch_tail(fetcher, timeout, stats, digest)
+        return await _fetch_tail(fetcher, timeout, stats, digest, last)
 
 
 async def _fetch_tail(
-    fetcher: BlobFetcher, timeout: float, stats: LayerStats, digest: str
+    fetcher: BlobFetcher, timeout: float, stats: LayerStats, digest: str, last: bytes | None
 ) -> TailSource:
     size = fetcher.size
-    tail_start = max(0, size - TAIL_READ)
-    with opmetrics.timed(opmetrics.STARGZ_FOOTER_GET, digest):
-        (tail,) = await fetch_checked(fetcher, [(tail_start, size)], timeout)
+    if last is not None:
+        tail, tail_start = last, size - len(last)
+    else:
+        tail_start = max(0, size - TAIL_READ)
+        with opmetrics.timed(opmetrics.STARGZ_FOOTER_GET, digest):
+            (tail,) = await fetch_checked(fetcher, [(tail_start, size)], timeout)
     stats.count_fetch("metadata", size - tail_start)
     try:
         footer = parse_footer(tail)

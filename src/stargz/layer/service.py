@@ -30,7 +30,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Generic, TypeVar
 
@@ -41,10 +41,10 @@ from stargz import opmetrics
 from stargz.cache import ChunkCache, write_behind_cache
 from stargz.config import Config
 from stargz.errors import InvalidArgumentError, StargzError, TOCDigestMismatch, TransportError
-from stargz.estargz.reader import UnverifiedBlob, VerifiedBlob
+from stargz.estargz.reader import TAIL_READ, UnverifiedBlob, VerifiedBlob
 from stargz.layer.externaltoc import TOCImage
 from stargz.layer.layer import Layer
-from stargz.layer.opening import ExternalTOC, fetch_tail, open_tail
+from stargz.layer.opening import ExternalTOC, TailSource, fetch_tail, open_tail
 from stargz.layer.scheduler import BackgroundScheduler
 from stargz.layer.stats import LayerStats
 from stargz.registry.client import RegistryClient
@@ -115,8 +115,6 @@ class LayerService:
         self._unused: OrderedDict[str, None] = OrderedDict()  # resolved, no user; oldest first
         self._toc_images: dict[str, TOCImage] = {}  # image -> its TOC image (external TOCs)
         self._group: anyio.abc.TaskGroup | None = None
-        self._unverified_reasons: dict[str, str] = {}  # digest -> why its TOC is trusted
-        self._prefetch_sizes: dict[str, int] = {}  # digest -> its front end's prefetch_size
 
     async def __aenter__(self) -> LayerService:
         self._group = anyio.create_task_group()
@@ -147,21 +145,12 @@ class LayerService:
     # -- the front ends' calls -------------------------------------------------------------
 
     async def acquire(self, repo: Reference, digest: str, toc_digest: str,
-                      size: int | None = None, *, wait_prefetch: bool = True,
-                      unverified_reason: str | None = None,
-                      prefetch_size: int | None = None) -> Layer:
+                      size: int | None = None, *, wait_prefetch: bool = True) -> Layer:
         """Layer ``digest`` of ``repo``, verified against ``toc_digest``, its prefetch and
         background fetch started; one use more (give it back with :meth:`release`). With
-        ``wait_prefetch``, returns once the prefetch is done or ``prefetch_timeout_sec`` passed.
-        An empty ``toc_digest`` is refused unless ``unverified_reason`` says why the front end
-        allows it (disable_verification, allow_no_verification): then the TOC is trusted as
-        served, loudly, and chunks are still checked against it. ``prefetch_size`` overrides
-        the config's for this layer when it has no landmark (the stargz.prefetch label)."""
-        if not toc_digest and not unverified_reason:
+        ``wait_prefetch``, returns once the prefetch is done or ``prefetch_timeout_sec`` passed."""
+        if not toc_digest:
             raise InvalidArgumentError(f"layer {digest} has no TOC digest: it can not be verified")
-        self._unverified_reasons[digest] = unverified_reason or ""
-        if prefetch_size is not None:
-            self._prefetch_sizes[digest] = prefetch_size
         with opmetrics.timed(opmetrics.MOUNT, digest):
             return await self._acquire(repo, digest, toc_digest, size, wait_prefetch)
 
@@ -224,14 +213,7 @@ class LayerService:
 
     async def _resolve_blob(self, repo: Reference, digest: str, size: int | None) -> Resolution:
         with self.scheduler.prioritized():
-            with span("head", layer=digest) as head:
-                fetcher = await self._open_fetcher(repo, digest, size)
-                head.set(size=fetcher.size)
-            stats = LayerStats(size=fetcher.size)
-            with span("toc_fetch", layer=digest) as fetch:
-                tail = await fetch_tail(fetcher, self.config.blob.fetch_timeout_sec, stats,
-                                        digest)
-                fetch.set(bytes=stats.fetched_metadata, requests=stats.requests)
+            fetcher, tail, stats = await self._fetch_tail(repo, digest, size)
             with span("toc_parse", layer=digest) as parse:
                 unverified = await open_tail(tail, stats, digest,
                                              self._external_toc(repo, digest), self.config.limits)
@@ -258,7 +240,7 @@ class LayerService:
     async def _verify(self, resolution: Resolution, toc_digest: str) -> VerifiedBlob:
         verified = resolution.verified
         if verified is not None:
-            if toc_digest and verified.toc_digest != toc_digest:
+            if verified.toc_digest != toc_digest:
                 raise TOCDigestMismatch(
                     f"TOC digest is {verified.toc_digest}, but {toc_digest} was expected")
             return verified
@@ -271,11 +253,7 @@ class LayerService:
         unverified = resolution.unverified
         if unverified is None:  # verified meanwhile, by another TOC digest's caller
             return await self._verify(resolution, toc_digest)
-        if not toc_digest:
-            reason = self._unverified_reasons.get(resolution.digest) or "no TOC digest"
-            verified = await anyio.to_thread.run_sync(unverified.skip_verification, reason)
-        else:
-            verified = await anyio.to_thread.run_sync(unverified.verify, toc_digest)
+        verified = await anyio.to_thread.run_sync(unverified.verify, toc_digest)
         resolution.verified, resolution.unverified = verified, None
         return verified
 
@@ -309,6 +287,27 @@ class LayerService:
         self._group.start_soon(run)
         return shared
 
+    async def _fetch_tail(self, repo: Reference, digest: str,
+                          size: int | None) -> tuple[BlobFetcher, TailSource, LayerStats]:
+        """The blob's fetcher and its footer and TOC. From a registry, with the size unknown,
+        one suffix-range request gives the size and the tail (no HEAD first)."""
+        fetcher: BlobFetcher
+        last = None
+        with span("toc_fetch", layer=digest) as fetch:
+            if size is None and self.registry is not None \
+                    and self._open_fetcher == self._registry_fetcher:
+                fetcher, last = await RegistryBlobFetcher.open_with_tail(
+                    self.registry, repo, digest, TAIL_READ)
+            else:
+                with span("head", layer=digest) as head:
+                    fetcher = await self._open_fetcher(repo, digest, size)
+                    head.set(size=fetcher.size)
+            stats = LayerStats(size=fetcher.size)
+            tail = await fetch_tail(fetcher, self.config.blob.fetch_timeout_sec, stats, digest,
+                                    last)
+            fetch.set(bytes=stats.fetched_metadata, requests=stats.requests + (last is not None))
+        return fetcher, tail, stats
+
     async def _registry_fetcher(self, repo: Reference, digest: str,
                                 size: int | None) -> BlobFetcher:
         assert self.registry is not None
@@ -322,10 +321,8 @@ class LayerService:
     def _layer(self, resolution: Resolution, blob: VerifiedBlob) -> Layer:
         if resolution.layer is None:
             with span("index", layer=resolution.digest):
-                size = self._prefetch_sizes.get(resolution.digest, self.config.prefetch_size)
-                config = replace(self.config, prefetch_size=size)
                 resolution.layer = Layer(resolution.digest, blob, resolution.fetcher, self.cache,
-                                         config, resolution.stats, self.scheduler)
+                                         self.config, resolution.stats, self.scheduler)
             resolution.layer.start()  # prefetch (landmark), then the background fetch
         return resolution.layer
 

@@ -81,6 +81,27 @@ async def single_body(response: httpx.Response, digest: str, start: int, end: in
     raise registry_error(response, f"blob {digest}")
 
 
+async def tail_body(response: httpx.Response, digest: str, length: int) -> tuple[int, bytes] | None:
+    """The blob's size and last ``length`` bytes from the answer to ``Range: bytes=-length``;
+    None when the registry ignored the Range header (the caller asks again with the size)."""
+    if response.status_code == 206:
+        body = await _read_all(response)
+        start, end, total = parse_content_range(response.headers.get("content-range"))
+        if total is None or end != total or end - start != min(length, total):
+            raise RangeError(f"blob {digest}: asked for its last {length} bytes, got bytes "
+                             f"{start}-{end - 1} of {total or 'unknown'}")
+        if len(body) != end - start:
+            raise RangeError(f"blob {digest}: range {start}-{end - 1} came with {len(body)} bytes")
+        return total, body
+    await response.aclose()  # a 200 would be the whole blob: not read
+    if response.status_code == 200:
+        return None
+    if response.status_code == 416 and unsatisfiable_size(
+            response.headers.get("content-range")) == 0:
+        return 0, b""
+    raise registry_error(response, f"blob {digest}")
+
+
 async def multi_body(response: httpx.Response, digest: str,
                       ranges: list[tuple[int, int]]) -> list[bytes]:
     if response.status_code != 206:

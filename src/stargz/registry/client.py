@@ -31,6 +31,7 @@ from stargz.registry.bodies import (
     refuses_multirange,
     single_body,
     stream_total,
+    tail_body,
 )
 from stargz.registry.credentials import CredentialStore
 from stargz.registry.hosts import Endpoint, HostsConfig
@@ -312,6 +313,34 @@ class RegistryClient:
                     *(self._read_single(ref, digest, s, e) for s, e in batch)))
             parts.extend((s, e, data) for (s, e), data in zip(batch, got, strict=True))
         return assemble(ranges, parts)
+
+    async def read_blob_tail(self, ref: Reference, digest: str, length: int) -> tuple[int, bytes]:
+        """The blob's size and its last ``length`` bytes (all of it when shorter): one
+        suffix-range request (``Range: bytes=-N``, whose Content-Range gives the size), or a
+        HEAD and a range request when the registry ignores suffix ranges."""
+        if length <= 0:
+            raise InvalidArgumentError(f"a blob's tail must be at least 1 byte, not {length}")
+        validate_digest(digest)
+        if not ref.is_layout:
+            got = await self._read_suffix(ref, digest, length)
+            if got is not None:
+                return got
+        size = await self.head_blob(ref, digest)
+        start = max(0, size - length)
+        return size, await self.read_blob_range(ref, digest, start, size) if size else b""
+
+    async def _read_suffix(self, ref: Reference, digest: str,
+                           length: int) -> tuple[int, bytes] | None:
+        async def on(endpoint: Endpoint) -> tuple[int, bytes] | None:
+            async def once() -> tuple[int, bytes] | None:
+                response = await self._blob_request(
+                    endpoint, ref, digest, {"Range": f"bytes=-{length}"}, stream=True)
+                return await tail_body(response, digest, length)
+
+            return await self.retry.run(f"GET blob {digest} last {length} bytes", once)
+
+        async with self._range_slots:
+            return await self._on_endpoints(ref, "pull", on)
 
     async def _read_single(self, ref: Reference, digest: str, start: int, end: int) -> bytes:
         async def on(endpoint: Endpoint) -> bytes:

@@ -37,6 +37,14 @@ class RegistryReader(Protocol):
     ) -> list[bytes]: ...
 
 
+class RegistryTailReader(RegistryReader, Protocol):
+    """A RegistryReader that also reads a blob's end without knowing its size."""
+
+    async def read_blob_tail(
+        self, ref: Reference, digest: str, length: int
+    ) -> tuple[int, bytes]: ...
+
+
 def check_answer(ranges: list[Range], data: list[bytes]) -> list[bytes]:
     """Refuse an answer that does not hold exactly the bytes asked for."""
     if len(data) != len(ranges):
@@ -55,6 +63,16 @@ class RegistryBlobFetcher:
         self._ref = repo_ref
         self._digest = digest
         self._size = size
+
+    @classmethod
+    async def open_with_tail(cls, client: RegistryTailReader, repo_ref: Reference, digest: str,
+                             length: int) -> tuple[RegistryBlobFetcher, bytes]:
+        """A fetcher for a blob of unknown size, and the blob's last ``length`` bytes: one
+        suffix-range request gives both (no HEAD first)."""
+        with span("range_request", blob=digest, ranges=1, start=-length, bytes=length), \
+                timed(REMOTE_REGISTRY_GET, digest):
+            size, tail = await client.read_blob_tail(repo_ref, digest, length)
+        return cls(client, repo_ref, digest, size), tail
 
     @property
     def size(self) -> int:
@@ -144,5 +162,4 @@ async def fetch_checked(fetcher: BlobFetcher, ranges: list[Range], timeout: floa
 def retry_policy(blob: BlobConfig) -> RetryPolicy:
     """The registry client's retry policy for ``[blob]`` settings, so every front end builds
     its client the same way: ``RegistryClient(..., retry=retry_policy(config.blob))``."""
-    return RetryPolicy(max_retries=blob.max_retries, initial_backoff=blob.min_wait_msec / 1000,
-                       max_backoff=blob.max_wait_msec / 1000)
+    return RetryPolicy(max_retries=blob.max_retries)

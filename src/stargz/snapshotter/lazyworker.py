@@ -22,7 +22,7 @@ from stargz.fs.mount import LazyFS
 from stargz.layer.service import LayerService
 from stargz.registry.client import RegistryClient
 from stargz.registry.credentials import CredentialStore
-from stargz.registry.hosts import HostsConfig
+from stargz.registry.hosts import HostsConfig, verifying_context
 from stargz.remote.fetcher import retry_policy
 from stargz.snapshotter.lazy import LayerSource, LazySettings, layer_dirname
 from stargz.trace import event, span
@@ -83,11 +83,12 @@ class LazyMounts:
     async def __aenter__(self) -> LazyMounts:
         settings = self.settings
         hosts = HostsConfig.create(settings.hosts_dir, insecure_hosts=settings.plain_http,
-                                   plain_http_localhost=settings.plain_http_localhost,
-                                   mirrors=settings.mirrors)
+                                   plain_http_localhost=settings.plain_http_localhost)
         # Credentials as a user's: $STARGZ_USERNAME/$STARGZ_PASSWORD, then the Docker config.
         registry = RegistryClient(hosts, CredentialStore.from_environment(),
                                   retry=retry_policy(settings.layer.blob))
+        # built here, while the daemon starts, rather than by the first registry request
+        await anyio.to_thread.run_sync(verifying_context)
         service = LayerService(settings.layer, registry, owns_registry=True)
         self._service = await self._stack.enter_async_context(service)
         self._group = await self._stack.enter_async_context(anyio.create_task_group())
@@ -106,7 +107,7 @@ class LazyMounts:
 
     async def prepare_remote(self, labels: Mapping[str, str]) -> str | None:
         source = LayerSource.from_labels(labels)
-        if source.toc_digest is None and self._unverified_reason(source) is None:
+        if source.toc_digest is None:
             log.info("layer %s has no TOC digest label: it can not be verified, declining",
                      source.digest)
             return None
@@ -118,22 +119,9 @@ class LazyMounts:
 
     async def restore(self, labels: Mapping[str, str]) -> str | None:
         source = LayerSource.from_labels(labels)
-        if source.toc_digest is None and self._unverified_reason(source) is None:
+        if source.toc_digest is None:
             return None
         return await self._mount_layer(source, wait_prefetch=False)
-
-    def _unverified_reason(self, source: LayerSource) -> str | None:
-        """Why the layer's TOC may be trusted as served, as the reference decides: never
-        checked with disable_verification; without a TOC digest label, only when the Prepare
-        says stargz.skipverify and the config allows no verification. None: it may not."""
-        if self.settings.layer.disable_verification:
-            return "disable_verification is set in the config"
-        if source.toc_digest is None and source.skip_verify:
-            if self.settings.layer.allow_no_verification:
-                return "the stargz.skipverify label, allowed by allow_no_verification"
-            log.info("layer %s: the stargz.skipverify label needs allow_no_verification in "
-                     "the config", source.digest)
-        return None
 
     async def release(self, directory: str) -> None:
         name = Path(directory).name
@@ -147,11 +135,9 @@ class LazyMounts:
     async def _mount_layer(self, source: LayerSource, wait_prefetch: bool) -> str:
         """The layer's directory in the mount; with ``wait_prefetch``, once its prefetch is
         done or ``prefetch_timeout_sec`` passed (the reference's wait before first use)."""
-        reason = self._unverified_reason(source)
-        toc_digest = "" if reason is not None else source.toc_digest or ""
-        layer = await self.service.acquire(source.repository, source.digest, toc_digest,
-                                           wait_prefetch=wait_prefetch, unverified_reason=reason,
-                                           prefetch_size=source.prefetch_size)
+        assert source.toc_digest is not None
+        layer = await self.service.acquire(source.repository, source.digest, source.toc_digest,
+                                           wait_prefetch=wait_prefetch)
         try:
             with span("fuse_mount"):
                 fs = await self._mounted()
