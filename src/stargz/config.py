@@ -120,9 +120,9 @@ class Config:
 class DaemonConfig:
     """Top-level keys of the daemons (the snapshotter, the store)."""
 
-    metrics_address: str = _key("", "HOST:PORT where /metrics (Prometheus) is served; "
-                                "empty: none", ref=True)
-    no_prometheus: bool = _key(False, "no metrics are collected or served", ref=True)
+    metrics_address: str = _key("", "HOST:PORT where /metrics (Prometheus) is served, by the "
+                                "snapshotter once its FUSE mount is up; empty: none", ref=True)
+    no_prometheus: bool = _key(False, "metrics_address is not served", ref=True)
 
 
 @dataclass(frozen=True)
