@@ -30,7 +30,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Generic, TypeVar
 
@@ -115,6 +115,8 @@ class LayerService:
         self._unused: OrderedDict[str, None] = OrderedDict()  # resolved, no user; oldest first
         self._toc_images: dict[str, TOCImage] = {}  # image -> its TOC image (external TOCs)
         self._group: anyio.abc.TaskGroup | None = None
+        self._unverified_reasons: dict[str, str] = {}  # digest -> why its TOC is trusted
+        self._prefetch_sizes: dict[str, int] = {}  # digest -> its front end's prefetch_size
 
     async def __aenter__(self) -> LayerService:
         self._group = anyio.create_task_group()
@@ -145,12 +147,21 @@ class LayerService:
     # -- the front ends' calls -------------------------------------------------------------
 
     async def acquire(self, repo: Reference, digest: str, toc_digest: str,
-                      size: int | None = None, *, wait_prefetch: bool = True) -> Layer:
+                      size: int | None = None, *, wait_prefetch: bool = True,
+                      unverified_reason: str | None = None,
+                      prefetch_size: int | None = None) -> Layer:
         """Layer ``digest`` of ``repo``, verified against ``toc_digest``, its prefetch and
         background fetch started; one use more (give it back with :meth:`release`). With
-        ``wait_prefetch``, returns once the prefetch is done or ``prefetch_timeout_sec`` passed."""
-        if not toc_digest:
+        ``wait_prefetch``, returns once the prefetch is done or ``prefetch_timeout_sec`` passed.
+        An empty ``toc_digest`` is refused unless ``unverified_reason`` says why the front end
+        allows it (disable_verification, allow_no_verification): then the TOC is trusted as
+        served, loudly, and chunks are still checked against it. ``prefetch_size`` overrides
+        the config's for this layer when it has no landmark (the stargz.prefetch label)."""
+        if not toc_digest and not unverified_reason:
             raise InvalidArgumentError(f"layer {digest} has no TOC digest: it can not be verified")
+        self._unverified_reasons[digest] = unverified_reason or ""
+        if prefetch_size is not None:
+            self._prefetch_sizes[digest] = prefetch_size
         with opmetrics.timed(opmetrics.MOUNT, digest):
             return await self._acquire(repo, digest, toc_digest, size, wait_prefetch)
 
@@ -240,7 +251,7 @@ class LayerService:
     async def _verify(self, resolution: Resolution, toc_digest: str) -> VerifiedBlob:
         verified = resolution.verified
         if verified is not None:
-            if verified.toc_digest != toc_digest:
+            if toc_digest and verified.toc_digest != toc_digest:
                 raise TOCDigestMismatch(
                     f"TOC digest is {verified.toc_digest}, but {toc_digest} was expected")
             return verified
@@ -253,7 +264,11 @@ class LayerService:
         unverified = resolution.unverified
         if unverified is None:  # verified meanwhile, by another TOC digest's caller
             return await self._verify(resolution, toc_digest)
-        verified = await anyio.to_thread.run_sync(unverified.verify, toc_digest)
+        if not toc_digest:
+            reason = self._unverified_reasons.get(resolution.digest) or "no TOC digest"
+            verified = await anyio.to_thread.run_sync(unverified.skip_verification, reason)
+        else:
+            verified = await anyio.to_thread.run_sync(unverified.verify, toc_digest)
         resolution.verified, resolution.unverified = verified, None
         return verified
 
@@ -321,8 +336,10 @@ class LayerService:
     def _layer(self, resolution: Resolution, blob: VerifiedBlob) -> Layer:
         if resolution.layer is None:
             with span("index", layer=resolution.digest):
+                size = self._prefetch_sizes.get(resolution.digest, self.config.prefetch_size)
+                config = replace(self.config, prefetch_size=size)
                 resolution.layer = Layer(resolution.digest, blob, resolution.fetcher, self.cache,
-                                         self.config, resolution.stats, self.scheduler)
+                                         config, resolution.stats, self.scheduler)
             resolution.layer.start()  # prefetch (landmark), then the background fetch
         return resolution.layer
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from stargz.config import MirrorConfig
 from stargz.errors import ConfigError
 from stargz.registry.reference import registry_endpoint_host
 
@@ -48,15 +49,16 @@ class Endpoint:
     skip_verify: bool = False
     headers: tuple[tuple[str, str], ...] = ()
     is_mirror: bool = False
+    request_timeout: float | None = None  # seconds; None: the client's; negative: none
+
+    @property
+    def tls_key(self) -> tuple[str, tuple[Path, ...], bool, float | None]:
+        """Endpoints with equal keys can share one HTTP client."""
+        return (self.scheme, self.ca_files, self.skip_verify, self.request_timeout)
 
     @property
     def base_url(self) -> str:
         return f"{self.scheme}://{self.host}{self.api_root}"
-
-    @property
-    def tls_key(self) -> tuple[str, tuple[Path, ...], bool]:
-        """Endpoints with equal keys can share one HTTP client."""
-        return (self.scheme, self.ca_files, self.skip_verify)
 
     def ssl_context(self) -> ssl.SSLContext | bool:
         # Plain-HTTP endpoints still verify: a redirect may lead to an https storage URL.
@@ -78,7 +80,6 @@ def verifying_context(ca_files: tuple[Path, ...] = ()) -> ssl.SSLContext:
     return context
 
 
-
 @dataclass
 class HostsConfig:
     """Endpoints per registry host: from a hosts directory, plus hosts named plain HTTP."""
@@ -88,20 +89,24 @@ class HostsConfig:
     # As containerd's MatchLocalhost: a registry on this machine is spoken to in plain HTTP.
     plain_http_localhost: bool = False
     plain_http_all: bool = False  # every registry in plain HTTP (`stargz store --plain-http`)
+    # the config file's [resolver.host."H".mirrors], tried before the hosts directory's
+    mirrors: Mapping[str, tuple[Endpoint, ...]] = field(default_factory=dict)
     _cache: dict[str, list[Endpoint]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def create(cls, config_dir: Path | str | None = None,
                insecure_hosts: Iterable[str] = (),
-               plain_http_localhost: bool = False, plain_http_all: bool = False
-               ) -> HostsConfig:
+               plain_http_localhost: bool = False, plain_http_all: bool = False,
+               mirrors: Mapping[str, tuple[MirrorConfig, ...]] | None = None) -> HostsConfig:
         return cls(Path(config_dir) if config_dir else None, frozenset(insecure_hosts),
-                   plain_http_localhost, plain_http_all)
+                   plain_http_localhost, plain_http_all,
+                   {host: tuple(mirror_endpoint(m) for m in ms)
+                    for host, ms in (mirrors or {}).items()})
 
     def endpoints(self, registry: str, capability: str = "pull") -> list[Endpoint]:
         """Endpoints for ``registry`` that have ``capability``, mirrors first, origin last."""
         if registry not in self._cache:
-            self._cache[registry] = self._load(registry)
+            self._cache[registry] = [*self.mirrors.get(registry, ()), *self._load(registry)]
         return [ep for ep in self._cache[registry] if capability in ep.capabilities]
 
     def _load(self, registry: str) -> list[Endpoint]:
@@ -142,6 +147,18 @@ class HostsConfig:
             if candidate.is_file():
                 return candidate
         return None
+
+
+def mirror_endpoint(mirror: MirrorConfig) -> Endpoint:
+    """A config file's mirror as the reference reads it: ``host[:port][/path]``, HTTPS unless
+    ``insecure`` or on loopback, API root ``<path>/v2``."""
+    host, _, path = mirror.host.partition("/")
+    plain = mirror.insecure or is_localhost(host)
+    path = "/" + path.strip("/") if path.strip("/") else ""
+    api_root = path if path.endswith("/v2") else f"{path}/v2"
+    timeout = mirror.request_timeout_sec or None  # 0: the default
+    return Endpoint("http" if plain else "https", host, api_root, _MIRROR_DEFAULT_CAPABILITIES,
+                    headers=mirror.header, is_mirror=True, request_timeout=timeout)
 
 
 def parse_hosts_toml(data: Mapping[str, Any], origin: Endpoint, source: Path) -> list[Endpoint]:

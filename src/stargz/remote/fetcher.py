@@ -162,4 +162,5 @@ async def fetch_checked(fetcher: BlobFetcher, ranges: list[Range], timeout: floa
 def retry_policy(blob: BlobConfig) -> RetryPolicy:
     """The registry client's retry policy for ``[blob]`` settings, so every front end builds
     its client the same way: ``RegistryClient(..., retry=retry_policy(config.blob))``."""
-    return RetryPolicy(max_retries=blob.max_retries)
+    return RetryPolicy(max_retries=blob.max_retries, initial_backoff=blob.min_wait_msec / 1000,
+                       max_backoff=blob.max_wait_msec / 1000)

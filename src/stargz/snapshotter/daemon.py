@@ -25,7 +25,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 import grpc
 
 from stargz import logs, trace
-from stargz.config import read_toml
+from stargz.config import FileConfig, load_file_config
 from stargz.errors import ConfigError, RuntimeIntegrationError, StargzError
 from stargz.snapshotter.api import snapshots_pb2_grpc
 from stargz.snapshotter.remote import RemoteLayers
@@ -34,8 +34,8 @@ from stargz.snapshotter.snapshotter import Snapshotter
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ADDRESS = Path("/run/stargz/stargz.sock")
-DEFAULT_ROOT = Path("/var/lib/stargz")
+DEFAULT_ADDRESS = Path(FileConfig().snapshotter.address)  # defaults live in stargz.config
+DEFAULT_ROOT = Path(FileConfig().snapshotter.root)
 SHUTDOWN_GRACE_S = 5.0
 
 
@@ -47,30 +47,22 @@ class SnapshotterConfig:
 
 
 def load_config(path: Path | None) -> SnapshotterConfig:
-    """Read the ``[snapshotter]`` table (keys ``address``, ``root``, ``log_level``) of a TOML file.
-
-    Unknown keys are refused, so a typo does not silently leave a default in place."""
-    if path is None:
-        return SnapshotterConfig()
-    table = read_toml(path).get("snapshotter", {})
-    if not isinstance(table, dict):
-        raise ConfigError(f"config {path}: [snapshotter] must be a table")
-    unknown = sorted(set(table) - {"address", "root", "log_level"})
-    if unknown:
-        raise ConfigError(f"config {path}: unknown [snapshotter] keys: {', '.join(unknown)}")
-    config = SnapshotterConfig()
-    if "address" in table:
-        config = replace(config, address=_absolute_path(path, "address", table["address"]))
-    if "root" in table:
-        config = replace(config, root=_absolute_path(path, "root", table["root"]))
-    if "log_level" in table:
-        config = replace(config, log_level=_log_level(str(table["log_level"])))
-    return config
+    """The ``[snapshotter]`` table (keys ``address``, ``root``, ``log_level``) of a config
+    file (``stargz.config``: unknown keys are refused)."""
+    return snapshotter_config(load_file_config(path), str(path))
 
 
-def _absolute_path(config_path: Path, key: str, value: object) -> Path:
-    if not isinstance(value, str) or not value.startswith("/"):
-        raise ConfigError(f"config {config_path}: [snapshotter] {key} must be an absolute path")
+def snapshotter_config(file: FileConfig, where: str) -> SnapshotterConfig:
+    table = file.snapshotter
+    return SnapshotterConfig(address=_absolute_path(where, "address", table.address),
+                             root=_absolute_path(where, "root", table.root),
+                             log_level=_log_level(table.log_level))
+
+
+def _absolute_path(where: str, key: str, value: str) -> Path:
+    if not value.startswith("/"):
+        raise ConfigError(f"config {where}: key 'snapshotter.{key}' must be an absolute path, "
+                          f"not {value!r}")
     return Path(value)
 
 
@@ -178,7 +170,7 @@ DESCRIPTION = "containerd remote snapshotter for eStargz (a proxy plugin on a un
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The daemon's flags; shared by ``python -m stargz.snapshotter.daemon`` and the CLI."""
     parser.add_argument("--config", type=Path,
-                        help="TOML file with [snapshotter] and [lazy] tables")
+                        help="config.toml (the reference's keys and ours: docs/CONFIG.md)")
     parser.add_argument("--address", type=Path, help=f"unix socket (default {DEFAULT_ADDRESS})")
     parser.add_argument("--root", type=Path, help=f"state directory (default {DEFAULT_ROOT})")
     parser.add_argument("--log-level", help=f"{logs.LEVEL_NAMES} (default info)")
@@ -192,9 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> SnapshotterConfig:
-    """The config file, with command-line flags taking precedence."""
-    config = load_config(args.config)
+def config_from_args(args: argparse.Namespace,
+                     file: FileConfig | None = None) -> SnapshotterConfig:
+    """The config file (``file``: already loaded), with command-line flags taking precedence."""
+    if file is None:
+        file = load_file_config(args.config)
+    config = snapshotter_config(file, str(args.config))
     if args.address is not None:
         config = replace(config, address=args.address.absolute())
     if args.root is not None:
@@ -238,15 +233,16 @@ def _one_line(err: BaseException) -> str:
 def run_from_args(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; 0 on a clean stop, 2 for a bad config, 1 otherwise."""
     try:
-        config = config_from_args(args)
+        file = load_file_config(args.config)
+        config = config_from_args(args, file)
         logs.configure(config.log_level)  # httpx's line per request only at debug and trace
         if getattr(args, "trace", False):
             trace.enable()
         check_paths(config)
         with trace.span("startup_import_lazy"):
-            from stargz.snapshotter.lazy import load_lazy  # imported late: it loads pyfuse3
+            from stargz.snapshotter.lazy import lazy_from_config  # late: it loads pyfuse3
 
-        remote = load_lazy(args.config, config.root)
+        remote = lazy_from_config(file, config.root, str(args.config or "defaults"))
         if remote is not None:  # the worker loads (pyfuse3, httpx) while containerd starts and
             remote.warm_up()  # connects: the first Prepare then finds it ready
         run(config, remote)

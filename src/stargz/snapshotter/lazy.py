@@ -17,11 +17,18 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from stargz.config import Config, config_from_dict, read_toml
+from stargz.config import (
+    Config,
+    FileConfig,
+    MirrorConfig,
+    file_config_from_dict,
+    load_file_config,
+    with_cache_directory,
+)
 from stargz.errors import ConfigError, InvalidArgumentError
 from stargz.snapshotter.remote import (
     LABEL_CRI_IMAGE_LAYERS,
@@ -29,8 +36,11 @@ from stargz.snapshotter.remote import (
     LABEL_CRI_LAYER_DIGEST,
     LABEL_STARGZ_DIGEST,
     LABEL_STARGZ_LAYERS,
+    LABEL_STARGZ_PREFETCH,
     LABEL_STARGZ_REFERENCE,
+    LABEL_STARGZ_SKIP_VERIFY,
     LABEL_TOC_DIGEST,
+    LABEL_URLS,
 )
 from stargz.trace import span
 
@@ -44,9 +54,6 @@ LAZY_TABLE = "lazy"
 MOUNT_DIR = "fuse"  # default mountpoint, inside the snapshotter's root
 CACHE_DIR = "cache"  # default chunk cache directory, inside the snapshotter's root
 T = TypeVar("T")
-_OWN_KEYS = frozenset(
-    {"enabled", "mountpoint", "plain_http", "plain_http_localhost", "hosts_dir"}
-)
 
 
 @dataclass(frozen=True)
@@ -56,55 +63,49 @@ class LazySettings:
     plain_http_localhost: bool = True  # as the reference: registries on loopback are plain HTTP
     hosts_dir: Path | None = None  # containerd-style hosts.toml directory
     layer: Config = field(default_factory=Config)
+    mirrors: Mapping[str, tuple[MirrorConfig, ...]] = field(default_factory=dict)
+    metrics_address: str = ""  # served with the FUSE mount; empty: none
+
+
+def settings_from_config(config: FileConfig, root: Path, where: str) -> LazySettings | None:
+    """The lazy layers' settings of a config file (``stargz.config``); None when disabled."""
+    lazy = config.lazy
+    if not lazy.enabled:
+        return None
+    mountpoint = _abs_path(lazy.mountpoint or str(root / MOUNT_DIR), "mountpoint", where)
+    metrics = "" if config.daemon.no_prometheus else config.daemon.metrics_address
+    return LazySettings(
+        mountpoint=mountpoint,
+        plain_http=lazy.plain_http,
+        plain_http_localhost=lazy.plain_http_localhost,
+        hosts_dir=_abs_path(lazy.hosts_dir, "hosts_dir", where) if lazy.hosts_dir else None,
+        # chunks outlive a restart unless a directory is chosen
+        layer=with_cache_directory(config.layer, root / CACHE_DIR),
+        mirrors=config.mirrors,
+        metrics_address=metrics,
+    )
 
 
 def settings_from_table(table: Mapping[str, Any], root: Path, where: str) -> LazySettings | None:
-    """``[lazy]`` keys: enabled, mountpoint, plain_http, hosts_dir, plus stargz.config's keys
-    (prefetch_size, no_background_fetch, [lazy.blob], [lazy.cache], ...). None when disabled."""
-    if not isinstance(table.get("enabled", True), bool):
-        raise ConfigError(f"{where}: [lazy] enabled must be true or false")
-    if not table.get("enabled", True):
-        return None
-    mountpoint = _abs_path(table.get("mountpoint", str(root / MOUNT_DIR)), "mountpoint", where)
-    hosts_dir = table.get("hosts_dir")
-    plain_http = table.get("plain_http", [])
-    if not isinstance(plain_http, list) or not all(isinstance(h, str) for h in plain_http):
-        raise ConfigError(f"{where}: [lazy] plain_http must be a list of host[:port] strings")
-    plain_http_localhost = table.get("plain_http_localhost", True)
-    if not isinstance(plain_http_localhost, bool):
-        raise ConfigError(f"{where}: [lazy] plain_http_localhost must be true or false")
-    layer = config_from_dict({k: v for k, v in table.items() if k not in _OWN_KEYS})
-    if not layer.cache.directory:  # chunks outlive a restart unless a directory is chosen
-        layer = replace(layer, cache=replace(layer.cache, directory=str(root / CACHE_DIR)))
-    return LazySettings(
-        mountpoint=mountpoint,
-        plain_http=tuple(plain_http),
-        plain_http_localhost=plain_http_localhost,
-        hosts_dir=_abs_path(hosts_dir, "hosts_dir", where) if hosts_dir is not None else None,
-        layer=layer,
-    )
+    """The settings of an older ``[lazy]`` table alone (its keys are top-level ones now)."""
+    return settings_from_config(file_config_from_dict({LAZY_TABLE: dict(table)}, where), root,
+                                where)
 
 
 def _abs_path(value: object, key: str, where: str) -> Path:
     if not isinstance(value, str) or not value.startswith("/"):
-        raise ConfigError(f"{where}: [lazy] {key} must be an absolute path")
+        raise ConfigError(f"config {where}: key {key!r} must be an absolute path, not {value!r}")
     return Path(value)
 
 
 def load_lazy(path: Path | None, root: Path) -> LazyLayers | None:
-    """The lazy layers the config file's ``[lazy]`` table asks for, with the defaults when
-    there is no file or no table (lazy pulling is what the daemon is for); None only when
-    ``[lazy] enabled = false``."""
-    if path is None:
-        return _lazy_layers({}, root, "defaults")
-    table = read_toml(path).get(LAZY_TABLE, {})
-    if not isinstance(table, dict):
-        raise ConfigError(f"config {path}: [lazy] must be a table")
-    return _lazy_layers(table, root, str(path))
+    """The lazy layers a config file asks for, with the defaults when there is no file (lazy
+    pulling is what the daemon is for); None only when ``enabled = false``."""
+    return lazy_from_config(load_file_config(path), root, str(path or "defaults"))
 
 
-def _lazy_layers(table: Mapping[str, Any], root: Path, where: str) -> LazyLayers | None:
-    settings = settings_from_table(table, root, where)
+def lazy_from_config(config: FileConfig, root: Path, where: str) -> LazyLayers | None:
+    settings = settings_from_config(config, root, where)
     return LazyLayers(settings) if settings is not None else None
 
 
@@ -116,6 +117,9 @@ class LayerSource:
     digest: str
     toc_digest: str | None
     image_layers: tuple[str, ...]
+    prefetch_size: int | None = None  # the stargz.prefetch label
+    skip_verify: bool = False  # the stargz.skipverify label (honoured if the config allows)
+    urls: tuple[str, ...] = ()  # the remote/urls label: other places serving the blob
 
     @classmethod
     def from_labels(cls, labels: Mapping[str, str]) -> LayerSource:
@@ -130,7 +134,23 @@ class LayerSource:
             digest=digest,
             toc_digest=labels.get(LABEL_TOC_DIGEST) or None,
             image_layers=tuple(d for d in layers.split(",") if d),
+            prefetch_size=_prefetch_label(labels.get(LABEL_STARGZ_PREFETCH)),
+            skip_verify=LABEL_STARGZ_SKIP_VERIFY in labels,
+            urls=tuple(u for u in labels.get(LABEL_URLS, "").split(",") if u),
         )
+
+
+def _prefetch_label(value: str | None) -> int | None:
+    """Bytes to prefetch; as the reference, a value that is not a whole number is ignored."""
+    if value is None:
+        return None
+    try:
+        size = int(value)
+    except ValueError:
+        log.warning("label %s=%r is not a number of bytes: ignored", LABEL_STARGZ_PREFETCH,
+                    value)
+        return None
+    return size if size >= 0 else None
 
 
 class LazyLayers:

@@ -83,7 +83,8 @@ class LazyMounts:
     async def __aenter__(self) -> LazyMounts:
         settings = self.settings
         hosts = HostsConfig.create(settings.hosts_dir, insecure_hosts=settings.plain_http,
-                                   plain_http_localhost=settings.plain_http_localhost)
+                                   plain_http_localhost=settings.plain_http_localhost,
+                                   mirrors=settings.mirrors)
         # Credentials as a user's: $STARGZ_USERNAME/$STARGZ_PASSWORD, then the Docker config.
         registry = RegistryClient(hosts, CredentialStore.from_environment(),
                                   retry=retry_policy(settings.layer.blob))
@@ -107,7 +108,7 @@ class LazyMounts:
 
     async def prepare_remote(self, labels: Mapping[str, str]) -> str | None:
         source = LayerSource.from_labels(labels)
-        if source.toc_digest is None:
+        if source.toc_digest is None and self._unverified_reason(source) is None:
             log.info("layer %s has no TOC digest label: it can not be verified, declining",
                      source.digest)
             return None
@@ -119,9 +120,22 @@ class LazyMounts:
 
     async def restore(self, labels: Mapping[str, str]) -> str | None:
         source = LayerSource.from_labels(labels)
-        if source.toc_digest is None:
+        if source.toc_digest is None and self._unverified_reason(source) is None:
             return None
         return await self._mount_layer(source, wait_prefetch=False)
+
+    def _unverified_reason(self, source: LayerSource) -> str | None:
+        """Why the layer's TOC may be trusted as served, as the reference decides: never
+        checked with disable_verification; without a TOC digest label, only when the Prepare
+        says stargz.skipverify and the config allows no verification. None: it may not."""
+        if self.settings.layer.disable_verification:
+            return "disable_verification is set in the config"
+        if source.toc_digest is None and source.skip_verify:
+            if self.settings.layer.allow_no_verification:
+                return "the stargz.skipverify label, allowed by allow_no_verification"
+            log.info("layer %s: the stargz.skipverify label needs allow_no_verification in "
+                     "the config", source.digest)
+        return None
 
     async def release(self, directory: str) -> None:
         name = Path(directory).name
@@ -135,9 +149,11 @@ class LazyMounts:
     async def _mount_layer(self, source: LayerSource, wait_prefetch: bool) -> str:
         """The layer's directory in the mount; with ``wait_prefetch``, once its prefetch is
         done or ``prefetch_timeout_sec`` passed (the reference's wait before first use)."""
-        assert source.toc_digest is not None
-        layer = await self.service.acquire(source.repository, source.digest, source.toc_digest,
-                                           wait_prefetch=wait_prefetch)
+        reason = self._unverified_reason(source)
+        toc_digest = "" if reason is not None else source.toc_digest or ""
+        layer = await self.service.acquire(source.repository, source.digest, toc_digest,
+                                           wait_prefetch=wait_prefetch, unverified_reason=reason,
+                                           prefetch_size=source.prefetch_size)
         try:
             with span("fuse_mount"):
                 fs = await self._mounted()
