@@ -254,16 +254,21 @@ class VerifiedBlob:
             return [failed for _ in chunks]
         return [_checked(chunk, plain) for chunk in chunks]
 
+    def chunks_in_blob_order(self) -> list[Chunk]:
+        """Every chunk of every regular file once, in the order they sit in the blob (only
+        files the TOC keeps: a later entry of the same name wins)."""
+        entries = self._index.entries
+        return sorted(
+            (c for name, cs in self._index.chunks.items() if entries[name].type == "reg"
+             for c in cs),
+            key=_blob_order,
+        )
+
     def verified_chunks(self) -> Iterator[tuple[Chunk, bytes]]:
         """Every chunk of every regular file with its verified bytes, in blob order (a file's
         chunks one after another, in file order): each member is read and decompressed once,
         and at most one member's chunks are held. Raises at the first chunk that fails."""
-        entries = self._index.entries
-        chunks = sorted(  # only files the TOC keeps: a later entry of the same name wins
-            (c for name, cs in self._index.chunks.items() if entries[name].type == "reg"
-             for c in cs),
-            key=lambda c: (c.compressed_offset, c.inner_offset),
-        )
+        chunks = self.chunks_in_blob_order()
         start = 0
         while start < len(chunks):
             first = chunks[start]
@@ -314,6 +319,10 @@ class VerifiedBlob:
         if entry.type != "reg":
             raise NotFoundError(f"{path!r} is a {entry.type}, not a regular file")
         return entry
+
+
+def _blob_order(chunk: Chunk) -> tuple[int, int]:
+    return chunk.compressed_offset, chunk.inner_offset
 
 
 def _chunk_start(chunk: Chunk) -> int:

@@ -71,7 +71,7 @@ class Layer:
         # the process's scheduler (shared by every layer a LayerService opens), else our own
         self.scheduler = scheduler or BackgroundScheduler(config.background_quiet_sec,
                                                           config.max_concurrency)
-        self.all_chunks = _chunks_in_blob_order(blob)
+        self.all_chunks = blob.chunks_in_blob_order()
         _check_chunk_limits(self.all_chunks, config.limits.max_chunk_bytes)
         self._by_member: dict[int, list[Chunk]] = {}  # only members holding several chunks
         for chunk in self.all_chunks:
@@ -488,13 +488,3 @@ async def mount(
         await layer.wait_prefetch()
     return layer
 
-
-def _chunks_in_blob_order(blob: VerifiedBlob) -> list[Chunk]:
-    """Every chunk of every regular file once, in the order they sit in the blob."""
-    seen: dict[tuple[int, int, int], Chunk] = {}
-    for entry in blob.walk():
-        if entry.type == "reg" and entry.size > 0:
-            for chunk in blob.chunks(entry.name):
-                key = (chunk.compressed_offset, chunk.inner_offset, chunk.chunk_size)
-                seen.setdefault(key, chunk)
-    return sorted(seen.values(), key=lambda c: (c.compressed_offset, c.inner_offset))

@@ -1,0 +1,29 @@
+"""VerifiedBlob.chunks_in_blob_order: every chunk of every regular file once, in blob order,
+straight from the TOC index (the layer's fetch plans and blob verify walk it)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from stargz.estargz.reader import open_blob
+from stargz.estargz.source import FileSource
+from tests.unit.test_layer_helpers import build_blob, payload
+
+
+def test_every_chunk_once_in_blob_order(tmp_path: Path) -> None:
+    files = {f"big/f{i}.bin": payload(i, 25000) for i in range(4)}  # several chunks each
+    files |= {f"small/s{i}": payload(100 + i, 40) for i in range(30)}  # packed in members
+    files["empty"] = b""
+    built = build_blob(tmp_path, files, chunk_size=10000, min_chunk_size=4096,
+                       prioritized=("big/f3.bin",))
+    with FileSource(built.path) as source:
+        blob = open_blob(source).verify(built.result.toc_digest)
+        chunks = blob.chunks_in_blob_order()
+        by_file = [c for e in blob.walk() if e.type == "reg" for c in blob.chunks(e.name)]
+    assert sorted(chunks, key=lambda c: (c.compressed_offset, c.inner_offset)) == chunks
+    assert sorted(map(id, chunks)) == sorted(map(id, by_file))  # the same chunks, once each
+    assert chunks[0].path == "big/f3.bin"  # prioritized: first in the blob
+    assert any(a.compressed_offset == b.compressed_offset for a, b in itertools.pairwise(chunks))
+    paths = {c.path for c in chunks} - {".prefetch.landmark"}
+    assert paths == {name for name, data in files.items() if data}
