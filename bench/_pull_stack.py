@@ -34,6 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 STARGZ = str(Path(sys.executable).with_name("stargz"))
 STARGZD = Path(os.environ.get("STARGZD", "/tmp/peers/stargzd"))
 WORKLOAD = ("python3", "-c", 'print("hello")')
+# The big-TOC image's workload: walk the 100,000 files under /data, then say hello.
+WALK_WORKLOAD = ("python3", "-c",
+                 'import os; sum(len(f) for _, _, f in os.walk("/data")); print("hello")')
 EXPECTED_LINE = "hello"
 STEP_TIMEOUT_S = 600.0
 PHASES = ("pull", "create", "run")
@@ -66,6 +69,7 @@ class RunResult:
     marks: dict[str, tuple[float, float]] = field(default_factory=dict)
     gets: dict[str, tuple[int, int]] = field(default_factory=dict)  # phase -> blob GETs, bytes
     traced: bool = False  # run with the daemon's trace lines on (left out of the medians)
+    peak_rss_mib: float = 0.0  # the snapshotter daemon's VmHWM at the end of the run
     trace: Sample | None = None  # what the snapshotter's log says, phase by phase
 
 
@@ -161,7 +165,7 @@ def pull_argv(mode: Mode, image: str) -> list[str]:
 
 
 def _phases(mode: Mode, image: str, env: dict[str, str], registry: RunningRegistry,
-            result: RunResult) -> None:
+            result: RunResult, workload: Sequence[str]) -> None:
     """The three measured phases, as the reference's HelloBench splits them."""
     base = blob_bytes_served(registry)
     access_log = registry.workdir / "registry.out"
@@ -170,7 +174,7 @@ def _phases(mode: Mode, image: str, env: dict[str, str], registry: RunningRegist
     create = ["ctr", "containers", "create"]
     if mode.snapshotter is not None:
         create += ["--snapshotter", "stargz"]
-    create += [image, container, "--", *WORKLOAD]  # else ctr takes -c for its --config
+    create += [image, container, "--", *workload]  # else ctr takes -c for its --config
     steps: dict[str, Callable[[], object]] = {
         "pull": lambda: _checked(pull_argv(mode, image), env),
         "create": lambda: _checked(create, env),
@@ -190,7 +194,7 @@ def _phases(mode: Mode, image: str, env: dict[str, str], registry: RunningRegist
 
 def run_once(mode: Mode, image: str, registry: RunningRegistry, work: Path,
              config: dict[str, Path | None], keep_logs: Path | None = None,
-             trace: bool = False) -> RunResult:
+             trace: bool = False, workload: Sequence[str] = WORKLOAD) -> RunResult:
     """Fresh snapshotter and containerd under `work`, the three phases, then everything gone."""
     work.mkdir(parents=True)
     result = RunResult(mode.name, traced=trace)
@@ -203,7 +207,9 @@ def run_once(mode: Mode, image: str, registry: RunningRegistry, work: Path,
             result.startup_s = snapshotter.listening - snapshotter.spawned
             result.marks["start"] = (snapshotter.spawned, snapshotter.listening)
         ctd.start()
-        _phases(mode, image, ctd.env(), registry, result)
+        _phases(mode, image, ctd.env(), registry, result, workload)
+        if snapshotter is not None:
+            result.peak_rss_mib = peak_rss_mib(snapshotter.proc.pid)
     except BaseException:
         _tail_logs(work)
         raise
@@ -222,6 +228,14 @@ def run_once(mode: Mode, image: str, registry: RunningRegistry, work: Path,
             _keep_logs(work, keep_logs / f"{work.name}-{mode.name}")
         shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def peak_rss_mib(pid: int) -> float:
+    """A process's peak resident set (VmHWM in /proc/PID/status), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def _traced(mode: Mode, result: RunResult, log: Path) -> Sample:
