@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from stargz.errors import AuthError, ConfigError
@@ -79,14 +79,24 @@ def containers_auth_files(authfile: Path | None = None) -> list[Path]:
     return [primary / "auth.json", config / "containers" / "auth.json"]
 
 
+class HostLookup(Protocol):
+    """Credentials handed over at run time, per host (``registry.keychain.HostKeychain``)."""
+
+    def get(self, host: str) -> Credentials | None: ...
+
+
 class CredentialStore:
-    """Looks credentials up per registry host, in order: explicit ones for that host (flags,
-    environment), then the Docker config file (helpers before inline ``auths``, as docker does)."""
+    """Looks credentials up per registry host, in order: the run-time keychain (the CRI
+    keychain's, from kubelet's PullImage), explicit ones for that host (flags, environment), then
+    the Docker config file (helpers before inline ``auths``, as docker does)."""
 
     def __init__(self, per_host: Mapping[str, Credentials] | None = None,
-                 docker_config: Path | None = None, auth_files: Sequence[Path] = ()) -> None:
+                 docker_config: Path | None = None, auth_files: Sequence[Path] = (),
+                 keychain: HostLookup | None = None) -> None:
         """``auth_files`` (containers' auth.json) are asked before ``docker_config``; the first
-        file with an entry for a host gives its credentials."""
+        file with an entry for a host gives its credentials. ``keychain`` is asked at each
+        lookup (never cached here): a newer pull's credentials replace older ones."""
+        self._keychain = keychain
         self._per_host = {normalize_host(h): c for h, c in (per_host or {}).items()}
         self._files = [*auth_files, *([docker_config] if docker_config is not None else [])]
         self._found: dict[str, Credentials | None] = {}
@@ -104,13 +114,20 @@ class CredentialStore:
                          auth_files: Sequence[Path] = ()) -> CredentialStore:
         """``explicit`` (per host, from flags) first, then STARGZ_USERNAME/STARGZ_PASSWORD for
         the host in STARGZ_REGISTRY, then ``auth_files``, then the Docker config file."""
+        from stargz.registry.keychain import process_keychain  # it imports this module
+
         per_host = dict(environment_credentials())
         per_host.update({normalize_host(h): c for h, c in (explicit or {}).items()})
-        return cls(per_host, docker_config=docker_config_path(), auth_files=auth_files)
+        return cls(per_host, docker_config=docker_config_path(), auth_files=auth_files,
+                   keychain=process_keychain())
 
     async def get(self, host: str) -> Credentials | None:
         """Credentials for ``host`` (host[:port]) or None for anonymous access."""
         host = normalize_host(host)
+        if self._keychain is not None:
+            handed = self._keychain.get(host)
+            if handed is not None:
+                return handed
         if host in self._per_host:
             return self._per_host[host]
         if host not in self._found:

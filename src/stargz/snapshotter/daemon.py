@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # gRPC's C core logs its own errors (E1202 ... add_port.cc) besides the one we report
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
@@ -26,11 +27,15 @@ import grpc
 
 from stargz import logs, trace
 from stargz.config import FileConfig, load_file_config
+from stargz.cri.proxy import settings_from_config as cri_settings_from_config
 from stargz.errors import ConfigError, RuntimeIntegrationError, StargzError
 from stargz.snapshotter.api import snapshots_pb2_grpc
 from stargz.snapshotter.remote import RemoteLayers
 from stargz.snapshotter.service import SnapshotsService
 from stargz.snapshotter.snapshotter import Snapshotter
+
+if TYPE_CHECKING:
+    from stargz.cri.proxy import CriImageProxy, CriKeychainSettings
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +75,10 @@ def _log_level(name: str) -> str:
     return logs.level_name(name)
 
 
-async def serve(config: SnapshotterConfig, remote: RemoteLayers | None = None) -> None:
-    """Serve until SIGTERM/SIGINT. ``remote`` is the lazy-layer hook (None: always fall back)."""
+async def serve(config: SnapshotterConfig, remote: RemoteLayers | None = None,
+                cri: CriKeychainSettings | None = None) -> None:
+    """Serve until SIGTERM/SIGINT. ``remote`` is the lazy-layer hook (None: always fall back);
+    ``cri``: also serve the CRI ImageService, kept credentials and all (``stargz.cri.proxy``)."""
     with trace.span("startup_metadata"):
         snapshotter = Snapshotter(config.root, remote)
     try:
@@ -81,6 +88,7 @@ async def serve(config: SnapshotterConfig, remote: RemoteLayers | None = None) -
         servicer = SnapshotsService(snapshotter)
         # the generated registration function carries no annotations
         snapshots_pb2_grpc.add_SnapshotsServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+        cri_proxy = _add_cri_proxy(server, cri)
         _claim_socket(config.address)
         try:
             with trace.span("startup_grpc"):
@@ -94,6 +102,8 @@ async def serve(config: SnapshotterConfig, remote: RemoteLayers | None = None) -
             await _wait_for_signal()
             log.info("shutting down")
             await server.stop(SHUTDOWN_GRACE_S)
+            if cri_proxy is not None:
+                await cri_proxy.aclose()
         finally:
             config.address.unlink(missing_ok=True)
     finally:
@@ -101,6 +111,19 @@ async def serve(config: SnapshotterConfig, remote: RemoteLayers | None = None) -
         close = getattr(remote, "aclose", None)  # the lazy layers unmount their FUSE mount
         if close is not None:
             await close()
+
+
+def _add_cri_proxy(server: grpc.aio.Server, cri: CriKeychainSettings | None
+                   ) -> CriImageProxy | None:
+    if cri is None:
+        return None
+    from stargz.cri.proxy import CriImageProxy
+
+    proxy = CriImageProxy(cri)
+    server.add_generic_rpc_handlers((proxy,))
+    log.info("CRI keychain: serving the CRI ImageService, forwarded to %s",
+             cri.image_service_path)
+    return proxy
 
 
 def _claim_socket(address: Path) -> None:
@@ -157,11 +180,12 @@ async def _wait_for_signal() -> None:
             loop.remove_signal_handler(sig)
 
 
-def run(config: SnapshotterConfig, remote: RemoteLayers | None = None) -> None:
+def run(config: SnapshotterConfig, remote: RemoteLayers | None = None,
+        cri: CriKeychainSettings | None = None) -> None:
     """Run the daemon in this process until a signal stops it."""
     if os.geteuid() != 0:
         log.warning("not running as root: overlay and bind mounts will fail in containerd")
-    asyncio.run(serve(config, remote))
+    asyncio.run(serve(config, remote, cri))
 
 
 DESCRIPTION = "containerd remote snapshotter for eStargz (a proxy plugin on a unix socket)"
@@ -245,7 +269,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         remote = lazy_from_config(file, config.root, str(args.config or "defaults"))
         if remote is not None:  # the worker loads (pyfuse3, httpx) while containerd starts and
             remote.warm_up()  # connects: the first Prepare then finds it ready
-        run(config, remote)
+        run(config, remote, cri_settings_from_config(args.config))
     except (StargzError, OSError) as err:  # one shape for every start-up failure
         print(f"stargz: error: {_one_line(err)}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
