@@ -149,6 +149,18 @@ class SnapshotterConfig:
 
 
 @dataclass(frozen=True)
+class CriKeychainConfig:
+    """``[cri_keychain]``: serve the CRI ImageService and keep kubelet's pull credentials."""
+
+    enable_keychain: bool = _key(False, "serve the CRI ImageService on the snapshotter's socket "
+                                 "(kubelet's --image-service-endpoint), forward it to "
+                                 "image_service_path, keep each pull's credentials for its "
+                                 "lazy layers", ref=True)
+    image_service_path: str = _key("/run/containerd/containerd.sock", "containerd's CRI "
+                                   "socket the ImageService calls are forwarded to", ref=True)
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     """``[store]``: the podman store's own keys (command-line flags win)."""
 
@@ -177,6 +189,7 @@ class FileConfig:
     snapshotter: SnapshotterConfig = field(default_factory=SnapshotterConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     mirrors: Mapping[str, tuple[MirrorConfig, ...]] = field(default_factory=dict)
+    cri_keychain: CriKeychainConfig = field(default_factory=CriKeychainConfig)
 
 
 # The reference's keys that mean nothing here: accepted with one WARNING each. Name -> (the
@@ -207,8 +220,6 @@ IGNORED_KEYS: dict[str, tuple[object, str]] = {
     "fuse.merge_worker_count": (10, "no FUSE passthrough"),
     "snapshotter.allow_invalid_mounts_on_restart": (
         False, "a snapshot not restored on restart is marked unavailable; the daemon starts"),
-    "cri_keychain.enable_keychain": (False, "no CRI keychain: $STARGZ_* and Docker config"),
-    "cri_keychain.image_service_path": ("", "no CRI keychain"),
     "kubeconfig_keychain.enable_keychain": (False, "no Kubernetes secrets keychain"),
     "kubeconfig_keychain.kubeconfig_path": ("", "no Kubernetes secrets keychain"),
     "fuse_manager.enable": (False, "no separate FUSE manager"),
@@ -224,6 +235,7 @@ SECTIONS: dict[str, tuple[type[Any], ...]] = {
     "limits": (LimitsConfig,),
     "snapshotter": (SnapshotterConfig,),
     "store": (StoreConfig,),
+    "cri_keychain": (CriKeychainConfig,),
 }
 _IGNORED_TABLES = frozenset(k.split(".")[0] for k in IGNORED_KEYS if "." in k) - set(SECTIONS)
 _LAZY_TABLE = "lazy"  # older layout: the top-level keys in a table of their own
@@ -286,7 +298,8 @@ def file_config_from_dict(data: Mapping[str, Any], where: str) -> FileConfig:
     layer = reader.build(Config, blob=reader.build(BlobConfig), cache=reader.build(CacheConfig),
                          limits=reader.build(LimitsConfig))
     config = FileConfig(layer, reader.build(DaemonConfig), reader.build(LazyConfig),
-                        reader.build(SnapshotterConfig), reader.build(StoreConfig), mirrors)
+                        reader.build(SnapshotterConfig), reader.build(StoreConfig), mirrors,
+                        cri_keychain=reader.build(CriKeychainConfig))
     _check_ranges(config.layer, where)
     return config
 

@@ -83,7 +83,7 @@ def test_the_reference_config_is_read_with_its_meaning(tmp_path: Path,
     ignored = ["debug_address", "metadata_store", "http_cache_type", "filesystem_cache_type",
                "blob.valid_interval", "blob.check_always", "directory_cache.direct",
                "fuse.attr_timeout", "fuse.entry_timeout",
-               "snapshotter.allow_invalid_mounts_on_restart", "cri_keychain.enable_keychain",
+               "snapshotter.allow_invalid_mounts_on_restart",
                "kubeconfig_keychain.enable_keychain"]
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == len(ignored)  # one warning a key

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from stargz.config import load_file_config
 from stargz.cri.api import runtime_v1_pb2 as cri
 from stargz.cri.auth import credentials_from_auth
 from stargz.cri.proxy import CriImageProxy, CriKeychainSettings, settings_from_config
@@ -69,12 +70,15 @@ def test_credential_store_asks_the_keychain_first_at_each_lookup() -> None:
 
 def test_settings_from_config(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
-    config.write_text("[cri_keychain]\nenable_keychain = true\n")
-    settings = settings_from_config(config)
-    assert settings == CriKeychainSettings(Path("/run/containerd/containerd.sock"))
-    config.write_text('[cri_keychain]\nenable_keychain = false\nimage_service_path = "/x"\n')
-    assert settings_from_config(config) is None
-    config.write_text('[cri_keychain]\nenable_keychain = true\nimage_service_path = "rel"\n')
+
+    def settings(text: str) -> CriKeychainSettings | None:
+        config.write_text(text)
+        return settings_from_config(load_file_config(config), str(config))
+
+    assert settings("[cri_keychain]\nenable_keychain = true\n") == CriKeychainSettings(
+        Path("/run/containerd/containerd.sock"))
+    assert settings('[cri_keychain]\nenable_keychain = false\nimage_service_path = "/x"\n') is None
     with pytest.raises(ConfigError, match="absolute path"):
-        settings_from_config(config)
-    assert settings_from_config(None) is None
+        settings('[cri_keychain]\nenable_keychain = true\nimage_service_path = "rel"\n')
+    with pytest.raises(ConfigError, match=r"cri_keychain\.enable_keychian"):
+        settings("[cri_keychain]\nenable_keychian = true\n")

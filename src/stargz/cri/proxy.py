@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from stargz.config import read_toml
+from stargz.config import FileConfig
 from stargz.cri.api import runtime_v1_pb2
 from stargz.cri.auth import credentials_from_auth
 from stargz.errors import ConfigError, InvalidReference
@@ -31,8 +31,6 @@ from stargz.registry.reference import Reference
 
 log = logging.getLogger("stargz.cri")
 
-TABLE = "cri_keychain"
-DEFAULT_IMAGE_SERVICE_PATH = "/run/containerd/containerd.sock"  # the reference's default
 IMAGE_SERVICES = ("runtime.v1.ImageService", "runtime.v1alpha2.ImageService")
 PULL_IMAGE = "PullImage"
 
@@ -44,21 +42,15 @@ class CriKeychainSettings:
     image_service_path: Path
 
 
-def settings_from_config(path: Path | None) -> CriKeychainSettings | None:
-    """``[cri_keychain]`` of the config file; None unless ``enable_keychain = true``."""
-    if path is None:
+def settings_from_config(config: FileConfig, where: str) -> CriKeychainSettings | None:
+    """``[cri_keychain]`` of a loaded config file; None unless ``enable_keychain = true``."""
+    table = config.cri_keychain
+    if not table.enable_keychain:
         return None
-    table = read_toml(path).get(TABLE, {})
-    if not isinstance(table, dict):
-        raise ConfigError(f"config {path}: [{TABLE}] must be a table")
-    enabled = table.get("enable_keychain", False)
-    service = table.get("image_service_path", "") or DEFAULT_IMAGE_SERVICE_PATH
-    if not isinstance(enabled, bool):
-        raise ConfigError(f"config {path}: {TABLE}.enable_keychain must be true or false")
-    if not isinstance(service, str) or not service.startswith("/"):
-        raise ConfigError(f"config {path}: {TABLE}.image_service_path must be an absolute "
-                          f"path, not {service!r}")
-    return CriKeychainSettings(Path(service)) if enabled else None
+    if not table.image_service_path.startswith("/"):
+        raise ConfigError(f"config {where}: key 'cri_keychain.image_service_path' must be an "
+                          f"absolute path, not {table.image_service_path!r}")
+    return CriKeychainSettings(Path(table.image_service_path))
 
 
 class CriImageProxy(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no types

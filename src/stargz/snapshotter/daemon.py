@@ -269,7 +269,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         remote = lazy_from_config(file, config.root, str(args.config or "defaults"))
         if remote is not None:  # the worker loads (pyfuse3, httpx) while containerd starts and
             remote.warm_up()  # connects: the first Prepare then finds it ready
-        run(config, remote, cri_settings_from_config(args.config))
+        run(config, remote, cri_settings_from_config(file, str(args.config)))
     except (StargzError, OSError) as err:  # one shape for every start-up failure
         print(f"stargz: error: {_one_line(err)}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
