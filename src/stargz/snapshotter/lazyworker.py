@@ -115,6 +115,8 @@ class LazyMounts:
         for digest in source.image_layers:  # resolved alongside this one, for their Prepares
             if digest != source.digest:
                 self.service.resolve_soon(source.repository, digest)
+        if self._fs is None and self._group is not None:  # mounted while the layer resolves
+            self._group.start_soon(self._mount_soon)
         with span("lazy_prepare", layer=source.digest):
             return await self._mount_layer(source, wait_prefetch=True)
 
@@ -167,6 +169,12 @@ class LazyMounts:
         event("mount_ready", layer=source.digest)
         log.info("layer %s mounted lazily at %s", source.digest, directory)
         return str(directory)
+
+    async def _mount_soon(self) -> None:
+        try:
+            await self._mounted()
+        except Exception as err:  # the Prepare's own _mounted() tries again and reports it
+            log.debug("early FUSE mount failed: %s", err)
 
     async def _mounted(self) -> LazyFS:
         async with self._mount_lock:
