@@ -112,6 +112,9 @@ class LazyMounts:
             log.info("layer %s has no TOC digest label: it can not be verified, declining",
                      source.digest)
             return None
+        if source.urls:  # as the reference: only its content handlers (IPFS) read them
+            log.debug("layer %s: remote/urls label %s: no content handler for them here, the "
+                      "registry serves the layer", source.digest, ",".join(source.urls))
         for digest in source.image_layers:  # resolved alongside this one, for their Prepares
             if digest != source.digest:
                 self.service.resolve_soon(source.repository, digest)
