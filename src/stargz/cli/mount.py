@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import sys
 from dataclasses import replace
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stargz.cli.registry_opts import add_registry_options, credential_store, registry_client
-from stargz.config import Config, load_config
+from stargz.config import Config, FileConfig, load_file_config
 from stargz.errors import InvalidArgumentError, RuntimeIntegrationError, StargzError
 from stargz.imagemount import DEFAULT_STATE_ROOT
 from stargz.imagemount.secrets import scrub_environment
@@ -89,8 +90,14 @@ def _platform(text: str) -> Platform:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+@functools.lru_cache(maxsize=1)
+def _file_config(path: Path | None) -> FileConfig:
+    """The config file, read once per process (the forked daemon inherits it)."""
+    return load_file_config(path)
+
+
 def _layer_config(args: argparse.Namespace) -> Config:
-    config = load_config(args.config) if args.config else Config()
+    config = _file_config(args.config).layer
     if args.cache_dir:
         config = replace(config, cache=replace(config.cache, directory=args.cache_dir))
     if args.no_background_fetch:
@@ -108,7 +115,7 @@ def _request(args: argparse.Namespace) -> MountRequest:
         writable=args.rw,
         config=_layer_config(args),
         platform=args.platform,
-        metrics_address=args.metrics_address,
+        metrics_address=args.metrics_address or _metrics_address(_file_config(args.config)),
         allow_setuid_and_devices=args.allow_setuid_and_devices,
     )
 
@@ -138,6 +145,10 @@ def run_mount(args: argparse.Namespace) -> int:
                                   f"ready (log: {request.state.log_file})")
 
 
+def _metrics_address(config: FileConfig) -> str | None:
+    return None if config.daemon.no_prometheus else config.daemon.metrics_address or None
+
+
 def _print_ready(request: MountRequest, layers: list[OpenLayer]) -> None:
     lazy = sum(1 for layer in layers if layer.lazy)
     print(f"{request.image} mounted on {request.state.mountpoint} ({lazy} of {len(layers)} "
@@ -148,7 +159,8 @@ async def _serve(args: argparse.Namespace, request: MountRequest, credentials: C
                  on_ready: OnReady) -> None:
     from stargz.imagemount.daemon import serve_image
 
-    async with registry_client(args, [request.image], credentials) as registry:
+    mirrors = _file_config(args.config).mirrors
+    async with registry_client(args, [request.image], credentials, mirrors) as registry:
         await serve_image(request, registry, on_ready)
 
 

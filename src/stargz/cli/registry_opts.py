@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +13,7 @@ from stargz.errors import ConfigError
 from stargz.registry.retry import RetryPolicy
 
 if TYPE_CHECKING:  # the client loads only when a command talks to a registry
+    from stargz.config import MirrorConfig
     from stargz.registry.client import RegistryClient
     from stargz.registry.credentials import CredentialStore
     from stargz.registry.reference import Reference
@@ -79,7 +80,10 @@ def _read_password(args: argparse.Namespace) -> str:
 
 
 def registry_client(args: argparse.Namespace, refs: Iterable[Reference],
-                    credentials: CredentialStore | None = None) -> RegistryClient:
+                    credentials: CredentialStore | None = None,
+                    mirrors: Mapping[str, tuple[MirrorConfig, ...]] | None = None
+                    ) -> RegistryClient:
+    """A client for the command's registries; ``mirrors``: a config file's resolver mirrors."""
     from stargz.registry.client import RegistryClient
     from stargz.registry.hosts import HostsConfig
 
@@ -88,7 +92,7 @@ def registry_client(args: argparse.Namespace, refs: Iterable[Reference],
     if args.plain_http:
         insecure.update(ref.registry for ref in refs if not ref.is_layout)
     return RegistryClient(
-        hosts=HostsConfig.create(args.hosts_dir, insecure),
+        hosts=HostsConfig.create(args.hosts_dir, insecure, mirrors=mirrors),
         credentials=credentials if credentials is not None else credential_store(args, refs),
         retry=RetryPolicy(max_retries=args.retries, timeout=args.timeout),
     )
