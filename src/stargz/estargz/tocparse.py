@@ -105,19 +105,18 @@ class _EntryParser:
 
     def _parse(self, index: int, raw: _RawEntry) -> TOCEntry:
         name = self._path(index, raw.name or "")
-        where = f"TOC entry {index} ({name[:80]!r})"
         etype = raw.type
         if etype is None:
-            raise TOCError(f"{where} has no type")
+            raise TOCError(f"{_where(index, name)} has no type")
         link_name = raw.link_name or ""
         if "\x00" in link_name:
-            raise TOCError(f"{where} has a NUL byte in its link name")
+            raise TOCError(f"{_where(index, name)} has a NUL byte in its link name")
         if etype == "hardlink":
             link_name = self._path(index, link_name)
         uid, gid = raw.uid or 0, raw.gid or 0
         chunk = etype == "chunk"
-        digest = self._digest(raw.digest, "digest", where)
-        chunk_digest = self._digest(raw.chunk_digest, "chunkDigest", where)
+        digest = self._digest(raw.digest, "digest", index, name)
+        chunk_digest = self._digest(raw.chunk_digest, "chunkDigest", index, name)
         return TOCEntry(
             name=name,
             type=etype,
@@ -133,7 +132,7 @@ class _EntryParser:
             inner_offset=raw.inner_offset or 0,
             dev_major=raw.dev_major or 0,
             dev_minor=raw.dev_minor or 0,
-            xattrs=_xattrs(raw.xattrs, where) if raw.xattrs else NO_XATTRS,
+            xattrs=_xattrs(raw.xattrs, _where(index, name)) if raw.xattrs else NO_XATTRS,
             digest=digest,
             chunk_offset=raw.chunk_offset or 0,
             chunk_size=raw.chunk_size or 0,
@@ -155,11 +154,12 @@ class _EntryParser:
                            f"{self._max_depth} directories deep (limits.max_path_depth)")
         return name
 
-    def _digest(self, value: str | None, key: str, where: str) -> str:
+    def _digest(self, value: str | None, key: str, index: int, name: str) -> str:
         if not value or value == self._good_digest:
             return value or ""
         if not _DIGEST_RE.match(value):
-            raise TOCError(f"{where}: {key!r} {value[:80]!r} is not a sha256 digest")
+            raise TOCError(f"{_where(index, name)}: {key!r} {value[:80]!r} is not a sha256 "
+                           "digest")
         self._good_digest = value
         return value
 
@@ -190,6 +190,11 @@ def _owner(names: dict[int, str], owner_id: int, name: str | None) -> str:
         names[owner_id] = name
         return name
     return names.get(owner_id, "")
+
+
+def _where(index: int, name: str) -> str:
+    """How an error names an entry (formatted only for errors: it costs per entry)."""
+    return f"TOC entry {index} ({name[:80]!r})"
 
 
 def _xattrs(value: dict[str, str], where: str) -> MappingProxyType[str, bytes]:
