@@ -63,7 +63,8 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"stargz: error: config {config}: [snapshotter] root must be an absolute path"
+        f"stargz: error: config {config}: key 'snapshotter.root' must be an absolute path, "
+        "not 'relative/dir'"
     ]
 
 
