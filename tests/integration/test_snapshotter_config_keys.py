@@ -9,10 +9,12 @@ import io
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
+from stargz.estargz import writer
 from stargz.estargz.writer import BuildOptions, build
 from stargz.snapshotter.api import snapshots_pb2 as pb
 from stargz.snapshotter.api import snapshots_pb2_grpc
@@ -20,6 +22,7 @@ from stargz.snapshotter.lazy import layer_dirname
 from stargz.snapshotter.remote import (
     LABEL_SNAPSHOT_REF,
     LABEL_STARGZ_DIGEST,
+    LABEL_STARGZ_PREFETCH,
     LABEL_STARGZ_REFERENCE,
     LABEL_STARGZ_SKIP_VERIFY,
     LABEL_TOC_DIGEST,
@@ -76,7 +79,7 @@ def _layer_requests(proxy: FaultProxy, digests: Sequence[str]) -> int:
 
 
 def _layout(layout: Path, tars: Sequence[bytes | Path], tag: str, prioritized: Sequence[str] = (),
-            toc_annotation: bool = True) -> str:
+            toc_annotation: bool = True, landmark: bool = True) -> str:
     """An OCI layout of eStargz layers built with ``prioritized`` files (a prefetch landmark
     after them), optionally without the TOC digest annotation; returns oci:DIR:TAG."""
     import json
@@ -86,8 +89,9 @@ def _layout(layout: Path, tars: Sequence[bytes | Path], tag: str, prioritized: S
         data = tar if isinstance(tar, bytes) else tar.read_bytes()
         names = [p for p in prioritized if p.encode() in data]
         blob = io.BytesIO()
-        result = build(io.BytesIO(data), blob, BuildOptions(chunk_size=1 << 20, level=6,
-                                                            prioritized=names))
+        with _without_landmark(not landmark):
+            result = build(io.BytesIO(data), blob, BuildOptions(chunk_size=1 << 20, level=6,
+                                                                prioritized=names))
         annotations = result.annotations()
         if not toc_annotation:
             annotations.pop(LABEL_TOC_DIGEST)
@@ -101,6 +105,25 @@ def _layout(layout: Path, tars: Sequence[bytes | Path], tag: str, prioritized: S
     (layout / "index.json").write_text(json.dumps(index))
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     return f"oci:{layout}:{tag}"
+
+
+@contextlib.contextmanager
+def _without_landmark(active: bool) -> Iterator[None]:
+    """Our writer without its no-prefetch landmark: a blob like an old stargz one, whose
+    prefetch the config's prefetch_size or the stargz.prefetch label decides."""
+    original = writer._streamed
+
+    def streamed(tar: Any) -> Iterator[Any]:
+        members = original(tar)
+        next(members)  # the landmark comes first
+        yield from members
+
+    if active:
+        writer._streamed = streamed
+    try:
+        yield
+    finally:
+        writer._streamed = original
 
 
 @pytest.fixture(scope="module", name="landmark_image")
@@ -270,3 +293,49 @@ def test_skipverify_label_only_with_allow_no_verification(
             assert "needs allow_no_verification" in log
     finally:
         snapshotter.stop()
+
+
+@pytest.fixture(scope="module", name="no_landmark_image")
+def no_landmark_image_fixture(registry: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One eStargz layer (its 12 MiB file included) with no landmark at all."""
+    layout = tmp_path_factory.mktemp("no-landmark") / "oci"
+    layout.mkdir()
+    source = _layout(layout, [_layer2_tar(big=True)], "v1", landmark=False)
+    return push(source, registry, "test/config-no-landmark:v1")
+
+
+@pytest.mark.parametrize("label", [None, "20000000"])
+def test_prefetch_label_sets_the_bytes_to_prefetch(
+        tmp_path: Path, registry: str, no_landmark_image: str, label: str | None) -> None:
+    """Without a landmark, the stargz.prefetch label says how much to prefetch (the config's
+    prefetch_size, 0, otherwise)."""
+    config = tmp_path / "config.toml"
+    config.write_text("no_background_fetch = true\n")
+    with _proxy(registry) as proxy:
+        snapshotter = SnapshotterProcess(tmp_path / "s.sock", tmp_path / "root",
+                                         tmp_path / "s.log", extra_args=["--config", str(config)])
+        snapshotter.start()
+        try:
+            image = _via(proxy, no_landmark_image)
+            [digest] = _layer_digests(no_landmark_image)
+            toc = _toc_digest(no_landmark_image)
+            labels = {LABEL_SNAPSHOT_REF: "sha256:" + "e" * 64, LABEL_STARGZ_REFERENCE: image,
+                      LABEL_STARGZ_DIGEST: digest, LABEL_TOC_DIGEST: toc}
+            if label is not None:
+                labels[LABEL_STARGZ_PREFETCH] = label
+            code = _prepare(snapshotter.address, "k", labels)
+            assert code == grpc.StatusCode.ALREADY_EXISTS, snapshotter.log_text()[-3000:]
+            fetched = proxy.bytes_served(digest, method="GET")
+            if label is None:  # footer and TOC only
+                assert fetched < BIG_SIZE // 8, fetched
+            else:  # the whole blob, the 12 MiB file in it
+                assert fetched > BIG_SIZE, fetched
+        finally:
+            snapshotter.stop()
+
+
+def _toc_digest(image: str) -> str:
+    from tests.integration.test_rpull_containerd import _manifest
+
+    [layer] = _manifest(image)["layers"]
+    return str(layer["annotations"][LABEL_TOC_DIGEST])
