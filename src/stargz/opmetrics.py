@@ -10,6 +10,7 @@ fs/metrics/common), so its dashboards read ours. Every layer of the data flow ma
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -75,3 +76,19 @@ class timed:  # lower case: used like a function, as `with timed(...)`
     ) -> None:
         if _sinks and self._start:
             observe(self._operation, self._layer, (time.perf_counter() - self._start) * 1000)
+
+
+# Layers pulled in full instead of lazily, by reason (``stargz_layer_fallbacks_total``): counted
+# by the snapshotter, exported by whichever metrics endpoint the process serves.
+_fallbacks: dict[str, int] = {}
+_fallbacks_lock = threading.Lock()
+
+
+def count_fallback(reason: str) -> None:
+    with _fallbacks_lock:
+        _fallbacks[reason] = _fallbacks.get(reason, 0) + 1
+
+
+def fallback_counts() -> dict[str, int]:
+    with _fallbacks_lock:
+        return dict(_fallbacks)

@@ -5,7 +5,11 @@ served a small part of the blobs), with the credentials kubelet sent; wrong ones
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +26,8 @@ from tests.integration.test_rpull_containerd import (
 )
 from tests.support.containerd import SnapshotterProcess
 from tests.support.cri import CriContainerd, Kubelet, log_messages
-from tests.support.images import busybox_rootfs_tar
-from tests.support.registry import RunningRegistry, blob_bytes_served, run_registry
+from tests.support.images import busybox_rootfs_tar, extract_tar, make_oci_image
+from tests.support.registry import RunningRegistry, blob_bytes_served, free_port, run_registry
 
 pytestmark = pytest.mark.integration
 
@@ -41,13 +45,22 @@ def registry_fixture(tmp_path: Path) -> Iterator[RunningRegistry]:
 def _push_private(registry: RunningRegistry, work: Path) -> str:
     source = build_estargz_layout(work / "oci", [busybox_rootfs_tar(), _layer2_tar(big=True)],
                                   "v1")
-    ref = f"{registry.host}/private/estargz:v1"
-    import subprocess
+    return _push(registry, source, "private/estargz:v1")
 
+
+def _push(registry: RunningRegistry, source: str, name: str) -> str:
+    ref = f"{registry.host}/{name}"
     subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--dest-creds",
                     f"{registry.username}:{registry.password}", source, f"docker://{ref}"],
                    check=True)
     return ref
+
+
+def _status(snap: SnapshotterProcess) -> list[dict[str, object]]:
+    out = subprocess.run([sys.executable, "-m", "stargz.cli.main", "status", "--root",
+                          str(snap.root), "--json"], check=True, capture_output=True, text=True)
+    rows: list[dict[str, object]] = json.loads(out.stdout)
+    return rows
 
 
 @pytest.fixture(name="kubelet")
@@ -56,7 +69,8 @@ def kubelet_fixture(tmp_path: Path, registry: RunningRegistry
     ctd_dir = tmp_path / "containerd"
     config = tmp_path / "snapshotter.toml"
     # no background fetch: what the registry serves is then only what the pull and run needed
-    config.write_text(f'[lazy]\nno_background_fetch = true\n\n[cri_keychain]\n'
+    config.write_text(f'metrics_address = "127.0.0.1:{free_port()}"\n'
+                      f'[lazy]\nno_background_fetch = true\n\n[cri_keychain]\n'
                       f'enable_keychain = true\nimage_service_path = "{ctd_dir}/containerd.sock"\n')
     snap = SnapshotterProcess(tmp_path / "stargz.sock", tmp_path / "snap-root",
                               tmp_path / "snap.log", extra_args=["--config", str(config)])
@@ -104,3 +118,57 @@ def test_private_image_is_pulled_lazily_with_kubelets_credentials(
     assert snap_log.count("mounted lazily") == 2, snap_log[-3000:]
     assert "CRI keychain: credentials of user" in snap_log
     assert registry.password not in snap_log and "wrong-password" not in snap_log
+
+    lazy = [row for row in _status(snap) if row["mode"] == "lazy"]
+    print("stargz status:", json.dumps(lazy))
+    assert sorted(str(row["layer"]) for row in lazy) == sorted(_layer_digests(image, registry))
+    assert all(row["image"] == image and row["reason"] == "" for row in lazy)
+    fetched = sum(int(str(row["fetched_bytes"])) for row in lazy)
+    assert 0 < fetched <= blob_bytes_served(registry) - before
+    assert all(row["prefetch_done"] is True for row in lazy)
+
+
+def _layer_digests(image: str, registry: RunningRegistry) -> list[str]:
+    out = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", "--creds",
+                          f"{registry.username}:{registry.password}", f"docker://{image}"],
+                         check=True, capture_output=True, text=True).stdout
+    return [str(layer["digest"]) for layer in json.loads(out)["layers"]]
+
+
+def _metrics_address(snap: SnapshotterProcess) -> str:
+    config = Path(snap.extra_args[snap.extra_args.index("--config") + 1]).read_text()
+    return config.split('"', 2)[1]
+
+
+def test_a_layer_that_is_not_estargz_falls_back_and_says_why(
+        kubelet: tuple[Kubelet, SnapshotterProcess], registry: RunningRegistry,
+        tmp_path: Path) -> None:
+    client, snap = kubelet
+    assert registry.username is not None and registry.password is not None
+    lazy_image = _push_private(registry, tmp_path)  # mounts the FUSE fs, which serves metrics
+    client.pull(lazy_image, registry.username, registry.password)
+    rootfs = tmp_path / "plain-rootfs"
+    extract_tar(busybox_rootfs_tar(), rootfs)
+    (rootfs / "etc" / "plain").write_text("a gzip layer, not eStargz\n")  # not the pause layer
+    plain = _push(registry, make_oci_image(rootfs, tmp_path / "plain-oci"), "private/plain:v1")
+    client.pull(plain, registry.username, registry.password)
+    client.pull(plain, registry.username, registry.password)  # present: no second Prepare
+    code, log = client.run_to_exit("plain", plain, "cat", "/etc/motd")
+    assert (code, log_messages(log)) == (0, MOTD)
+
+    warnings = [line for line in snap.log_text().splitlines()
+                if "downloaded in full, not lazily (no_toc_digest)" in line]
+    assert len(warnings) == 1 and "WARNING" in warnings[0] and plain in warnings[0]
+    full = [row for row in _status(snap) if row["image"] == plain]
+    assert [(row["mode"], row["reason"]) for row in full] == [("full", "no_toc_digest")]
+    assert full[0]["layer"] == _layer_digests(plain, registry)[0]
+    with urllib.request.urlopen(f"http://{_metrics_address(snap)}/metrics") as response:
+        metrics = response.read().decode()
+    assert 'stargz_layer_fallbacks_total{reason="no_toc_digest"} 1.0' in metrics
+    table = subprocess.run([sys.executable, "-m", "stargz.cli.main", "status", "--root",
+                            str(snap.root)], check=True, capture_output=True, text=True).stdout
+    print(table)
+    assert table.splitlines()[0].split() == ["SNAPSHOT", "KIND", "MODE", "LAYER", "FETCHED",
+                                             "PREFETCH", "IMAGE", "REASON"]
+    assert sum(" lazy " in line for line in table.splitlines()) == 2
+    assert any(" full " in line and "no_toc_digest" in line for line in table.splitlines())

@@ -134,7 +134,7 @@ def test_state_file_is_hidden_and_reports_progress(tmp_path: Path) -> None:
     before = json.loads(asyncio.run(core.read(core.check_open(state.ino), 0, 4096)))
     size = layer.blob.stat().st_size
     assert before == {"digest": layer.digest, "size": size, "fetchedSize": 0,
-                      "fetchedPercent": 0.0}
+                      "fetchedPercent": 0.0, "prefetchComplete": False}
     asyncio.run(core.read(core.check_open(resolve(core, f"{name}/f").ino), 0, 1000))
     after = json.loads(asyncio.run(core.read(state, 0, 4096)))
     assert 0 < after["fetchedSize"] <= size

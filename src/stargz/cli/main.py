@@ -21,7 +21,17 @@ from importlib.metadata import PackageNotFoundError, version
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from stargz import logs
-from stargz.cli import blob, convert, inspect, mount, optimize, rpull, snapshotter, store
+from stargz.cli import (
+    blob,
+    convert,
+    inspect,
+    mount,
+    optimize,
+    rpull,
+    snapshotter,
+    status,
+    store,
+)
 from stargz.errors import ConfigError, StargzError
 from stargz.printable import printable
 
@@ -44,6 +54,7 @@ GROUPS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], No
     optimize.register,
     rpull.register,
     snapshotter.register,
+    status.register,
     store.register,
 )
 

@@ -8,6 +8,7 @@ The reference's (containerd/stargz-snapshotter fs/metrics), so its dashboards wo
 ``digest`` and ``mountpoint``. The Go client exposes a counter under its own name, the Python
 one adds ``_total``: the reference's counters are exposed as gauges to keep their names.
 Ours beside them: ``stargz_fs_operations_total`` (FUSE requests by op), ``stargz_fs_errors_total``,
+``stargz_layer_fallbacks_total`` (layers downloaded in full, by ``reason``),
 ``stargz_fs_fetched_bytes_total`` (by why), cache hits/misses and requests per layer.
 
 Reads and readdirs are measured here, where the kernel's requests arrive; the one-off durations
@@ -87,6 +88,16 @@ class _LayerStatsCollector(Collector):
         yield served
         yield from _layer_sizes(layers)
         yield from _our_layer_counters(layers)
+        yield _fallbacks()
+
+
+def _fallbacks() -> Metric:
+    """Layers the snapshotter pulled in full instead of lazily, by reason (never silent)."""
+    family = CounterMetricFamily("stargz_layer_fallbacks", "Layers downloaded in full instead "
+                                 "of mounted lazily, by reason", labels=["reason"])
+    for reason, count in sorted(opmetrics.fallback_counts().items()):
+        family.add_metric([reason], float(count))
+    return family
 
 
 def _layer_sizes(layers: Sequence[tuple[str, LayerView]]) -> Iterable[Metric]:

@@ -296,7 +296,8 @@ class FSCore:
         return StatFS(BLOCK_SIZE, (size + BLOCK_SIZE - 1) // BLOCK_SIZE, files)
 
     def state_json(self, node: Node) -> bytes:
-        """The reference's layer state: digest, size, fetchedSize, fetchedPercent (and error)."""
+        """The reference's layer state: digest, size, fetchedSize, fetchedPercent (and error); and
+        ours, prefetchComplete (``stargz status`` shows it)."""
         assert node.layer is not None
         view = node.layer.view
         stats = view.stats()
@@ -310,6 +311,7 @@ class FSCore:
             size=size,
             fetchedSize=fetched,
             fetchedPercent=(100.0 * fetched / size) if size else 0.0,
+            prefetchComplete=bool(getattr(stats, "prefetch_complete", False)),  # ours
         )
         return json.dumps(doc).encode() + b"\n"
 

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from stargz.errors import AlreadyExistsError, RuntimeIntegrationError, StargzError
+from stargz.snapshotter.fallbacks import FallbackLog, reason_of_error
 from stargz.snapshotter.filters import parse_filters
 from stargz.snapshotter.layout import Layout, Mount, disk_usage, remove_tree
 from stargz.snapshotter.metastore import Info, Kind, MetaStore, Snapshot, Transaction, Usage
@@ -48,6 +49,7 @@ class Snapshotter:
             os.close(self._lock)
             raise
         self.remote: RemoteLayers = remote if remote is not None else NoRemoteLayers()
+        self.fallbacks = FallbackLog(root)  # why layers were downloaded in full
         # ids of remote snapshots the hook could not mount again after a restart
         self._unavailable: set[str] = set()
 
@@ -196,14 +198,12 @@ class Snapshotter:
         try:
             directory = await self.remote.prepare_remote(key, chain, labels)
         except Exception as err:  # whatever the hook hit, the client can still download the layer
-            log.warning(
-                "remote-snapshot-prepared=false key=%s: falling back to download: %s", key, err
-            )
+            log.info("remote-snapshot-prepared=false key=%s", key)
+            self.fallbacks.record(labels, reason_of_error(err), str(err))
             return False
         if directory is None:
-            log.info(
-                "remote-snapshot-prepared=false key=%s: declined, falling back to download", key
-            )
+            log.info("remote-snapshot-prepared=false key=%s: declined", key)
+            self.fallbacks.declined(labels, lazy=not isinstance(self.remote, NoRemoteLayers))
             return False
         if not _usable_lowerdir(directory):
             log.error(
@@ -212,6 +212,7 @@ class Snapshotter:
                 directory,
             )
             await self._release(target, directory)
+            self.fallbacks.record(labels, "bad_directory", f"hook gave {directory!r}")
             return False
         return await self._commit_remote(key, target, labels, directory)
 
