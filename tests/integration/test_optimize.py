@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes.util
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from stargz.estargz.source import FileSource
 from stargz.estargz.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from stargz.optimize.fanotify import AccessRecorder
 from tests.integration.test_convert import (
+    STARGZ,
     TOC_DIGEST,
     blob_of,
     get,
@@ -190,6 +192,25 @@ def test_a_failing_workload_is_reported_and_converted_unless_asked(
         "stargz: error: the workload exited with status 3 (--fail-on-workload-error)")
     tags = json.loads(get(f"http://{registry.host}/v2/{REPO}/tags/list"))["tags"]
     assert "strict" not in tags
+    assert "stargz-optimize-" not in Path("/proc/self/mountinfo").read_text()  # unmounted
+
+
+def test_an_interrupted_optimize_converts_nothing_and_unmounts(
+        registry: RunningRegistry, source: str) -> None:
+    command = [STARGZ, "optimize", "--plain-http", "--entrypoint", '["/bin/sh","-c"]',
+               "--args", '["echo started; exec sleep 600"]', "--period", "600", source,
+               f"{registry.host}/{REPO}:interrupted"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        assert proc.stdout is not None and proc.stdout.readline() == "started\n"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert stderr.splitlines()[-1] == (
+        "stargz: error: interrupted while the workload ran: nothing converted")
+    tags = json.loads(get(f"http://{registry.host}/v2/{REPO}/tags/list"))["tags"]
+    assert "interrupted" not in tags
+    assert "stargz-optimize-" not in Path("/proc/self/mountinfo").read_text()
 
 
 def test_the_workload_stops_on_its_line_or_after_the_period(

@@ -77,13 +77,11 @@ class Recording:
     def per_layer(self) -> dict[str, tuple[str, ...]]:
         """Each source layer's files to put first (by layer digest), in access order."""
         layers = self.manifest.layers()
-        lists: dict[str, list[str]] = {}
+        lists: dict[str, dict[str, None]] = {}  # dicts keep order and drop repeats
         for entry in self.entries:
             if entry.layer_index is not None:
                 digest = layers[entry.layer_index].digest
-                lists.setdefault(digest, [])
-                if entry.path not in lists[digest]:
-                    lists[digest].append(entry.path)
+                lists.setdefault(digest, {})[entry.path] = None
         return {digest: tuple(paths) for digest, paths in lists.items()}
 
 
@@ -151,6 +149,8 @@ async def _run_recorded(rootfs: Path, workload: Workload, request: OptimizeReque
         result = await run_workload(spec, workdir / "run", request.run, stop)
     finally:  # closing the events' files talks to our own FUSE loop: never on it
         paths = await anyio.to_thread.run_sync(recorder.stop)
+    if result.ending == "interrupted":  # SIGINT/SIGTERM: the mount is coming down
+        raise RuntimeIntegrationError("interrupted while the workload ran: nothing converted")
     _report(result, len(paths))
     if result.failed and request.fail_on_workload_error:
         raise RuntimeIntegrationError(f"the workload exited with status {result.exit_code} "
@@ -187,6 +187,7 @@ async def with_mounted_image(request: OptimizeRequest, registry: RegistryClient,
     opened: list[OpenLayer] = []
     umask = os.umask(0o022)
     results: list[T] = []
+    failed: list[Exception] = []
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(_serve, mount, registry, opened, ready, stop)
@@ -194,6 +195,8 @@ async def with_mounted_image(request: OptimizeRequest, registry: RegistryClient,
             try:
                 files = await anyio.to_thread.run_sync(_image_files, opened)
                 results.append(await body(rootfs, files, stop))
+            except Exception as err:  # raised once the mount came down in order, not cancelled
+                failed.append(err)
             finally:
                 stop.set()
     except BaseExceptionGroup as group_error:
@@ -201,6 +204,8 @@ async def with_mounted_image(request: OptimizeRequest, registry: RegistryClient,
     finally:
         os.umask(umask)  # the mount sets its own (0077) for what it keeps
         await anyio.to_thread.run_sync(_remove_tree, scratch)
+    if failed:
+        raise failed[0]
     return results[0]
 
 
