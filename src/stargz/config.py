@@ -27,6 +27,7 @@ from stargz.errors import ConfigError
 log = logging.getLogger(__name__)
 
 REF = "ref"  # metadata: True for the reference's keys
+MEMORY_CACHE = "memory"  # filesystem_cache_type: no disk cache
 
 
 def _key(default: Any, doc: str, *, ref: bool = False, toml: str | None = None,
@@ -103,6 +104,9 @@ class Config:
     allow_no_verification: bool = _key(
         False, "a layer without TOC digest label is mounted when its Prepare carries the "
         "stargz.skipverify label (WARNING per layer)", ref=True)
+    filesystem_cache_type: str = _key(
+        "", '"memory": verified chunks are cached in memory only (no disk cache, whatever '
+        "[cache] directory says); other values: in memory and on disk", ref=True)
     background_batch_bytes: int = _key(1 << 20, "compressed bytes per background request")
     background_quiet_sec: float = _key(
         5.0, "background fetches start once no prioritized work ran for this long "
@@ -197,7 +201,6 @@ class FileConfig:
 IGNORED_KEYS: dict[str, tuple[object, str]] = {
     "http_cache_type": ("", "no cache of compressed bytes: verified chunks go to [cache]"),
     "http_cache_chunk_ttl_sec": (0, "no cache of compressed bytes"),
-    "filesystem_cache_type": ("", "chunks are cached in memory and in [cache] directory"),
     "prefetch_async_size": (0, "a Prepare waits for the prefetch up to prefetch_timeout_sec"),
     "debug": (False, "use --log-level debug"),
     "log_file_access": (False, "use --log-level debug"),
@@ -297,6 +300,8 @@ def file_config_from_dict(data: Mapping[str, Any], where: str) -> FileConfig:
             reader.take("", key, value)
     layer = reader.build(Config, blob=reader.build(BlobConfig), cache=reader.build(CacheConfig),
                          limits=reader.build(LimitsConfig))
+    if layer.filesystem_cache_type == MEMORY_CACHE:  # the reference's: no disk cache at all
+        layer = replace(layer, cache=replace(layer.cache, directory=""))
     config = FileConfig(layer, reader.build(DaemonConfig), reader.build(LazyConfig),
                         reader.build(SnapshotterConfig), reader.build(StoreConfig), mirrors,
                         cri_keychain=reader.build(CriKeychainConfig))
@@ -446,8 +451,9 @@ def _check_ranges(config: Config, where: str) -> None:
 
 
 def with_cache_directory(config: Config, directory: Path) -> Config:
-    """``config`` with its disk cache in ``directory`` unless the file chose one."""
-    if config.cache.directory:
+    """``config`` with its disk cache in ``directory`` unless the file chose one or none
+    (``filesystem_cache_type = "memory"``)."""
+    if config.cache.directory or config.filesystem_cache_type == MEMORY_CACHE:
         return config
     return replace(config, cache=replace(config.cache, directory=str(directory)))
 

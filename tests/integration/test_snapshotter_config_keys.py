@@ -339,3 +339,17 @@ def _toc_digest(image: str) -> str:
 
     [layer] = _manifest(image)["layers"]
     return str(layer["annotations"][LABEL_TOC_DIGEST])
+
+
+@pytest.mark.parametrize("cache_type", ["", "memory"])
+def test_filesystem_cache_type_memory_keeps_nothing_on_disk(
+        tmp_path: Path, registry: str, estargz_image: str, cache_type: str) -> None:
+    with _stack(tmp_path, f'filesystem_cache_type = "{cache_type}"\n') as stack:
+        assert "2 lazy" in stack.rpull(estargz_image).stdout, stack.snapshotter.log_text()
+        assert stack.run(estargz_image, "t-cache", *WORKLOAD) == MOTD + LAYER2_TEXT
+        cache = tmp_path / "snap-root" / "cache"
+        on_disk = [p for p in cache.rglob("*") if p.is_file()] if cache.exists() else []
+        if cache_type == "memory":
+            assert on_disk == []
+        else:  # the default: chunks (and TOCs) kept under <root>/cache
+            assert on_disk

@@ -77,10 +77,11 @@ def test_the_reference_config_is_read_with_its_meaning(tmp_path: Path,
     assert (blob.chunk_size, blob.fetch_timeout_sec, blob.max_retries) == (10000, 7.0, 2)
     assert (blob.min_wait_msec, blob.max_wait_msec) == (10, 100)
     assert config.daemon.metrics_address == "127.0.0.1:8234"
+    assert layer.filesystem_cache_type == "memory" and layer.cache.directory == ""
     assert config.mirrors == {"docker.io": (
         MirrorConfig("mirror.example:5000/base", True, 2.0, (("x-token", "t"),)),
         MirrorConfig("second.example"))}
-    ignored = ["debug_address", "metadata_store", "http_cache_type", "filesystem_cache_type",
+    ignored = ["debug_address", "metadata_store", "http_cache_type",
                "blob.valid_interval", "blob.check_always", "directory_cache.direct",
                "fuse.attr_timeout", "fuse.entry_timeout",
                "snapshotter.allow_invalid_mounts_on_restart",
