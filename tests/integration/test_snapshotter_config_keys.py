@@ -353,3 +353,24 @@ def test_filesystem_cache_type_memory_keeps_nothing_on_disk(
             assert on_disk == []
         else:  # the default: chunks (and TOCs) kept under <root>/cache
             assert on_disk
+
+
+def test_a_mirrors_request_timeout_hands_over_to_the_origin(tmp_path: Path, registry: str,
+                                                            estargz_image: str) -> None:
+    """A mirror that stalls every blob request for 20 s: after its request_timeout_sec (1 s)
+    the origin serves the layers."""
+    with _proxy(registry) as origin, _proxy(registry) as mirror, _stack(tmp_path, f"""
+no_background_fetch = true
+[blob]
+max_retries = 0
+[[resolver.host."{origin.host}".mirrors]]
+host = "{mirror.host}"
+request_timeout_sec = 1
+""") as stack:
+        mirror.add_fault(Fault("stall", path_contains="/blobs/", keep_fraction=0,
+                               stall_seconds=20, times=1000))
+        image = _via(origin, estargz_image)
+        assert "2 lazy, 0 downloaded" in stack.rpull(image).stdout, stack.snapshotter.log_text()
+        layers = _layer_digests(estargz_image)
+        assert all(origin.served(d, method="GET") for d in layers)
+        assert f"mirror {mirror.host} failed" in stack.snapshotter.log_text()
