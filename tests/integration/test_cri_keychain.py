@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from stargz.cri.api import runtime_v1_pb2 as cri
 from tests.integration.test_rpull_containerd import (
     BIG_SIZE,
     LAYER2_TEXT,
@@ -25,7 +26,7 @@ from tests.integration.test_rpull_containerd import (
     build_estargz_layout,
 )
 from tests.support.containerd import SnapshotterProcess
-from tests.support.cri import CriContainerd, Kubelet, log_messages
+from tests.support.cri import SANDBOX_IMAGE, CriContainerd, Kubelet, log_messages
 from tests.support.images import busybox_rootfs_tar, extract_tar, make_oci_image
 from tests.support.registry import RunningRegistry, blob_bytes_served, free_port, run_registry
 
@@ -138,6 +139,49 @@ def _layer_digests(image: str, registry: RunningRegistry) -> list[str]:
 def _metrics_address(snap: SnapshotterProcess) -> str:
     config = Path(snap.extra_args[snap.extra_args.index("--config") + 1]).read_text()
     return config.split('"', 2)[1]
+
+
+def test_without_the_keychain_a_private_image_falls_back_and_says_auth(
+        kubelet: tuple[Kubelet, SnapshotterProcess], registry: RunningRegistry,
+        tmp_path: Path) -> None:
+    """kubelet talking to containerd directly (no --image-service-endpoint): containerd pulls
+    with the credentials, the snapshotter has none. The reference's silent fallback, said."""
+    _client, snap = kubelet
+    assert registry.username is not None and registry.password is not None
+    image = _push_private(registry, tmp_path)
+    direct = Kubelet(snap.address.parent / "containerd" / "containerd.sock", snap.address,
+                     tmp_path / "pods")
+    try:
+        direct.pull(image, registry.username, registry.password)
+    finally:
+        direct.close()
+    rows = [row for row in _status(snap) if row["image"] == image]
+    assert [(row["mode"], row["reason"]) for row in rows] == [("full", "auth")] * 2
+    warnings = [line for line in snap.log_text().splitlines() if "not lazily (auth)" in line]
+    assert len(warnings) == 2 and all("WARNING" in line for line in warnings)
+    assert registry.password not in snap.log_text()
+
+
+def test_other_calls_are_forwarded_or_refused(
+        kubelet: tuple[Kubelet, SnapshotterProcess]) -> None:
+    """v1alpha2 goes through as v1 does; the RuntimeService is not ours to serve."""
+    client, snap = kubelet
+    with grpc.insecure_channel(f"unix://{snap.address}") as channel:
+        list_v1alpha2 = channel.unary_unary(
+            "/runtime.v1alpha2.ImageService/ListImages",
+            request_serializer=cri.ListImagesRequest.SerializeToString,
+            response_deserializer=cri.ListImagesResponse.FromString)
+        images = list_v1alpha2(cri.ListImagesRequest(), timeout=30).images
+        assert any(SANDBOX_IMAGE in image.repo_tags for image in images)
+        status = client.images.ImageStatus(cri.ImageStatusRequest(
+            image=cri.ImageSpec(image=SANDBOX_IMAGE)), timeout=30)
+        assert SANDBOX_IMAGE in status.image.repo_tags
+        version = channel.unary_unary("/runtime.v1.RuntimeService/Version",
+                                      request_serializer=cri.VersionRequest.SerializeToString,
+                                      response_deserializer=cri.VersionResponse.FromString)
+        with pytest.raises(grpc.RpcError) as refused:
+            version(cri.VersionRequest(), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_a_layer_that_is_not_estargz_falls_back_and_says_why(
