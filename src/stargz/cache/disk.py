@@ -19,6 +19,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from stargz.errors import CacheError
+from stargz.killpoints import kill_point
 
 TEMP_PREFIX = ".tmp-"
 
@@ -149,6 +150,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
+        kill_point("cache-write")
     except BaseException:
         os.close(fd)
         os.unlink(temp)

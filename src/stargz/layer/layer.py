@@ -139,6 +139,7 @@ class Layer:
                     del found
         except StargzError as err:
             self._stats.last_error = str(err)
+            log.warning("layer %s: read of %r failed: %s", self._digest, entry.name, err)
             raise
         return b"".join(parts)
 

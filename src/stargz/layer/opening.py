@@ -39,6 +39,14 @@ class TailSource:
     def size(self) -> int:
         return self._size
 
+    @property
+    def base(self) -> int:
+        return self._base
+
+    @property
+    def data(self) -> bytes:
+        return self._data
+
     def read_at(self, offset: int, length: int) -> bytes:
         if offset < self._base or offset + length > self._size or length < 0:
             raise FormatError(

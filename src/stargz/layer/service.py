@@ -45,6 +45,7 @@ from stargz.estargz.reader import TAIL_READ, UnverifiedBlob, VerifiedBlob
 from stargz.layer.externaltoc import TOCImage
 from stargz.layer.layer import Layer
 from stargz.layer.opening import ExternalTOC, TailSource, fetch_tail, open_tail
+from stargz.layer.persisted import PersistedTail, TOCStore
 from stargz.layer.scheduler import BackgroundScheduler
 from stargz.layer.stats import LayerStats
 from stargz.registry.client import RegistryClient
@@ -72,6 +73,9 @@ class Resolution:
     verified: VerifiedBlob | None = None
     layer: Layer | None = None
     uses: int = 0
+    tail: TailSource | None = None  # footer + TOC as fetched, kept on disk once verified
+    external_toc: bytes | None = None
+    repository: str = ""
     released_at: float = 0.0  # time.monotonic() when it became unused
 
 
@@ -89,6 +93,20 @@ class _Shared(Generic[T]):
             raise self.error
         assert self.value is not None
         return self.value
+
+
+class _Kept:
+    """An external TOC source that keeps what it gave (to be persisted with the layer)."""
+
+    def __init__(self, source: ExternalTOC | None) -> None:
+        self._source = source
+        self.data: bytes | None = None
+        self.fetch: ExternalTOC | None = self._fetch if source is not None else None
+
+    async def _fetch(self) -> bytes:
+        assert self._source is not None
+        self.data = await self._source()
+        return self.data
 
 
 class LayerService:
@@ -117,6 +135,8 @@ class LayerService:
         self._group: anyio.abc.TaskGroup | None = None
         self._unverified_reasons: dict[str, str] = {}  # digest -> why its TOC is trusted
         self._prefetch_sizes: dict[str, int] = {}  # digest -> its front end's prefetch_size
+        # verified TOCs kept beside the chunk cache: a restart mounts again without a registry
+        self.tocs = TOCStore(config.cache.directory) if config.cache.directory else None
 
     async def __aenter__(self) -> LayerService:
         self._group = anyio.create_task_group()
@@ -169,7 +189,7 @@ class LayerService:
                        wait_prefetch: bool) -> Layer:
         with self.scheduler.prioritized():
             with span("resolve_wait", layer=digest):  # shared with a background resolve
-                resolution = self._use(await self._resolve(repo, digest, size))
+                resolution = self._use(await self._resolve(repo, digest, size, toc_digest))
             try:
                 with span("verify", layer=digest):
                     blob = await self._verify(resolution, toc_digest)
@@ -214,10 +234,15 @@ class LayerService:
 
     # -- resolving and verifying, shared -----------------------------------------------------
 
-    async def _resolve(self, repo: Reference, digest: str, size: int | None) -> Resolution:
+    async def _resolve(self, repo: Reference, digest: str, size: int | None,
+                       toc_digest: str | None = None) -> Resolution:
         resolution = self._resolved.get(digest)
         if resolution is not None:
             return resolution
+        if toc_digest and digest not in self._resolving:
+            resolution = await self._resolve_from_disk(repo, digest, toc_digest)
+            if resolution is not None:
+                return resolution
         shared = self._resolving.get(digest) or self._shared(
             self._resolving, digest, lambda: self._resolve_blob(repo, digest, size))
         return await shared.result()
@@ -225,11 +250,13 @@ class LayerService:
     async def _resolve_blob(self, repo: Reference, digest: str, size: int | None) -> Resolution:
         with self.scheduler.prioritized():
             fetcher, tail, stats = await self._fetch_tail(repo, digest, size)
+            external = _Kept(self._external_toc(repo, digest))
             with span("toc_parse", layer=digest) as parse:
-                unverified = await open_tail(tail, stats, digest,
-                                             self._external_toc(repo, digest), self.config.limits)
+                unverified = await open_tail(tail, stats, digest, external.fetch,
+                                             self.config.limits)
                 parse.set(entries=len(unverified.toc.entries))
-        resolution = Resolution(digest, fetcher, stats, unverified, unverified.toc_digest)
+        resolution = Resolution(digest, fetcher, stats, unverified, unverified.toc_digest,
+                                tail=tail, external_toc=external.data, repository=str(repo))
         self._resolved[digest] = resolution
         self._park(resolution)  # unused until someone acquires it
         log.info("resolved layer %s (%d bytes, TOC %s)", digest, fetcher.size,
@@ -270,7 +297,40 @@ class LayerService:
         else:
             verified = await anyio.to_thread.run_sync(unverified.verify, toc_digest)
         resolution.verified, resolution.unverified = verified, None
+        await self._persist(resolution, toc_digest)
         return verified
+
+    async def _persist(self, resolution: Resolution, toc_digest: str) -> None:
+        """Keep the verified footer and TOC on disk (a failure costs only the offline restart)."""
+        tail, resolution.tail = resolution.tail, None
+        external, resolution.external_toc = resolution.external_toc, None
+        if self.tocs is None or tail is None or not toc_digest:
+            return  # a TOC trusted as served is not kept for an offline restart
+        kept = PersistedTail(resolution.digest, tail.size, resolution.repository, toc_digest,
+                             tail.base, tail.data, external)
+        try:
+            await anyio.to_thread.run_sync(self.tocs.save, kept)
+        except OSError as err:
+            log.warning("the TOC of layer %s can not be kept on disk: %s", resolution.digest,
+                        err.strerror)
+
+    async def _resolve_from_disk(self, repo: Reference, digest: str,
+                                 toc_digest: str) -> Resolution | None:
+        """The layer resolved from its persisted footer and TOC (verified again), no network."""
+        if self.tocs is None:
+            return None
+        loaded = await anyio.to_thread.run_sync(self.tocs.load, digest, toc_digest,
+                                                self.config.limits)
+        if loaded is None or digest in self._resolved:
+            return self._resolved.get(digest)
+        size, verified = loaded
+        fetcher = await self._open_fetcher(repo, digest, size)  # size known: no HEAD
+        resolution = Resolution(digest, fetcher, LayerStats(size=size), None, toc_digest,
+                                verified=verified, repository=str(repo))
+        self._resolved[digest] = resolution
+        self._park(resolution)
+        log.info("resolved layer %s from its TOC kept on disk (TOC %s)", digest, toc_digest)
+        return resolution
 
     def _shared(self, table: dict[K, _Shared[T]], key: K, work: Callable[[], Awaitable[T]],
                 quiet: bool = False) -> _Shared[T]:

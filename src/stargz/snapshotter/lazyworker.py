@@ -18,7 +18,7 @@ import anyio
 import anyio.abc
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from stargz.fs.mount import LazyFS
+from stargz.fs.mount import LazyFS, cleanup_stale
 from stargz.layer.service import LayerService
 from stargz.registry.client import RegistryClient
 from stargz.registry.credentials import CredentialStore
@@ -184,6 +184,8 @@ class LazyMounts:
             if self._fs is not None and self._fs_ended is not None and not self._fs_ended.is_set():
                 return self._fs
             mountpoint = self.settings.mountpoint
+            # a killed daemon's dead mount: stat(2) on it fails with ENOTCONN until unmounted
+            await anyio.to_thread.run_sync(cleanup_stale, mountpoint)
             await anyio.to_thread.run_sync(partial(mountpoint.mkdir, parents=True, exist_ok=True))
             fs = LazyFS(mountpoint)
             assert self._group is not None

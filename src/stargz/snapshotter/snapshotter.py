@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from stargz.errors import AlreadyExistsError, RuntimeIntegrationError, StargzError
+from stargz.killpoints import kill_point
 from stargz.snapshotter.fallbacks import FallbackLog, reason_of_error
 from stargz.snapshotter.filters import parse_filters
 from stargz.snapshotter.layout import Layout, Mount, disk_usage, remove_tree
@@ -58,7 +59,8 @@ class Snapshotter:
         os.close(self._lock)  # closing the descriptor drops the flock
 
     async def restore_remote(self) -> None:
-        """Hand every committed remote snapshot back to the hook to be mounted again."""
+        """Hand every committed remote snapshot back to the hook to be mounted again, then
+        remove the directories no snapshot owns (a crash's leftovers)."""
         with self.store.transaction() as tx:
             remote = [r for r in tx.walk() if r.remote_dir is not None]
         for record in remote:
@@ -82,6 +84,7 @@ class Snapshotter:
                 with self.store.transaction(write=True) as tx:
                     tx.set_remote_dir(name, directory)
             log.info("restored remote snapshot %s at %s", name, directory)
+        await self.cleanup()  # what a crash left: half-created or half-removed directories
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -121,6 +124,7 @@ class Snapshotter:
         """An active snapshot; or, for a remote-snapshot request the hook can serve, the layer
         committed under the ``.ref`` name and AlreadyExistsError (the containerd handshake)."""
         snapshot = self._create(Kind.ACTIVE, key, parent, labels)
+        kill_point("prepare-created")
         if wants_remote(labels) and await self._prepare_remote(key, parent, labels):
             raise AlreadyExistsError(
                 f"target snapshot {labels[LABEL_SNAPSHOT_REF]!r} already exists"
@@ -131,6 +135,7 @@ class Snapshotter:
         with self.store.transaction() as tx:
             record = tx.get(key)
         usage = await asyncio.to_thread(disk_usage, self.layout.upper(record.id))
+        kill_point("commit-measured")
         with self.store.transaction(write=True) as tx:
             tx.commit_active(key, name, usage, labels)
 
@@ -139,6 +144,7 @@ class Snapshotter:
         with self.store.transaction(write=True) as tx:
             record = tx.remove(key)
             stale = self.layout.stale_dirs(tx.ids())
+        kill_point("remove-forgotten")
         if record.remote_dir is not None:
             self._unavailable.discard(record.id)
             await self._release(record.info.name, record.remote_dir)
@@ -214,6 +220,7 @@ class Snapshotter:
             await self._release(target, directory)
             self.fallbacks.record(labels, "bad_directory", f"hook gave {directory!r}")
             return False
+        kill_point("prepare-mounted")
         return await self._commit_remote(key, target, labels, directory)
 
     async def _commit_remote(
