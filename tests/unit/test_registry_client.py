@@ -61,8 +61,9 @@ class FailingStream(httpx.AsyncByteStream):
 
 class FakeRegistry:
     def __init__(self, *, multirange: str = "multipart", redirect: bool = False,
-                 auth: str | None = None) -> None:
+                 auth: str | None = None, suffix_ranges: bool = True) -> None:
         self.multirange = multirange
+        self.suffix_ranges = suffix_ranges  # False: a suffix range gets the whole blob
         self.redirect = redirect
         self.auth = auth
         self.blobs: dict[str, bytes] = {DATA_DIGEST: DATA}
@@ -97,7 +98,7 @@ class FakeRegistry:
             if str(request.url) in self.expired:
                 return httpx.Response(403, text="<Error>Request has expired</Error>")
             return serve_bytes(self.blobs[request.url.path.rsplit("/", 1)[1]],
-                               request.headers.get("range"), self.multirange)
+                               request.headers.get("range"), self.multirange, self.suffix_ranges)
         denied = self._check_auth(request)
         return denied or self._api(request)
 
@@ -142,7 +143,8 @@ class FakeRegistry:
         if self.redirect:
             target = f"https://storage.example/blob/{name}?sig={uuid.uuid4().hex}"
             return httpx.Response(307, headers={"Location": target})
-        return serve_bytes(self.blobs[name], request.headers.get("range"), self.multirange)
+        return serve_bytes(self.blobs[name], request.headers.get("range"), self.multirange,
+                           self.suffix_ranges)
 
     def _manifest(self, request: httpx.Request, name: str) -> httpx.Response:
         if request.method == "PUT":
@@ -177,9 +179,14 @@ class FakeRegistry:
         return httpx.Response(201, headers={"Docker-Content-Digest": sha(data)})
 
 
-def serve_bytes(data: bytes, header: str | None, multirange: str) -> httpx.Response:
-    if header is None:
+def serve_bytes(data: bytes, header: str | None, multirange: str,
+                suffix: bool = True) -> httpx.Response:
+    if header is None or (header.startswith("bytes=-") and not suffix):
         return httpx.Response(200, content=data, headers={"Content-Length": str(len(data))})
+    if header.startswith("bytes=-"):  # the last N bytes
+        start = max(0, len(data) - int(header.removeprefix("bytes=-")))
+        return httpx.Response(206, content=data[start:], headers={
+            "Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"})
     ranges = [(int(a), int(b or len(data) - 1) + 1) for a, b in
               (r.split("-") for r in header.removeprefix("bytes=").split(","))]
     unsatisfiable = {"Content-Range": f"bytes */{len(data)}"}
@@ -281,6 +288,31 @@ def test_refused_multi_range_falls_back_to_single_ranges(mode: str) -> None:
         assert len(fake.requests(method="GET")) == 1 + 2 * len(RANGES)
 
     run(fake, body)
+
+
+@pytest.mark.parametrize("length", [1000, 1 << 20])
+def test_a_tail_read_is_one_suffix_range_request(length: int) -> None:
+    fake = FakeRegistry()
+    got = run(fake, lambda c: c.read_blob_tail(REF, DATA_DIGEST, length))
+    assert got == (len(DATA), DATA[-length:])
+    assert [(r.method, r.headers["range"]) for r in fake.requests()] == [
+        ("GET", f"bytes=-{length}")]
+
+
+def test_a_registry_that_ignores_suffix_ranges_gets_a_head_and_a_range() -> None:
+    fake = FakeRegistry(suffix_ranges=False)
+    got = run(fake, lambda c: c.read_blob_tail(REF, DATA_DIGEST, 1000))
+    assert got == (len(DATA), DATA[-1000:])
+    assert [(r.method, r.headers.get("range")) for r in fake.requests()] == [
+        ("GET", "bytes=-1000"), ("HEAD", None), ("GET", f"bytes={len(DATA) - 1000}-16383")]
+
+
+def test_a_tail_answer_that_is_not_the_end_of_the_blob_is_range_error() -> None:
+    fake = FakeRegistry()
+    fake.faults.append(lambda request: httpx.Response(206, content=DATA[:1000], headers={
+        "Content-Range": f"bytes 0-999/{len(DATA)}"}))
+    with pytest.raises(RangeError, match="last 1000 bytes"):
+        run(fake, lambda c: c.read_blob_tail(REF, DATA_DIGEST, 1000))
 
 
 def test_overlapping_ranges_are_merged_into_one_request() -> None:
