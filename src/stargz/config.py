@@ -165,6 +165,18 @@ class CriKeychainConfig:
 
 
 @dataclass(frozen=True)
+class FuseManagerConfig:
+    """``[fuse_manager]``: lazy layers served by ``stargz fuse-manager``, outliving the
+    snapshotter (stopped, killed, upgraded)."""
+
+    enable: bool = _key(False, "the snapshotter hands its lazy layers to the FUSE manager at "
+                        "address instead of mounting them itself", ref=True)
+    address: str = _key("/run/stargz/fuse-manager.sock", "the FUSE manager's unix socket",
+                        ref=True)
+    path: str = _key("", "not used: the FUSE manager is started by its own unit", ref=True)
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     """``[store]``: the podman store's own keys (command-line flags win)."""
 
@@ -194,6 +206,7 @@ class FileConfig:
     store: StoreConfig = field(default_factory=StoreConfig)
     mirrors: Mapping[str, tuple[MirrorConfig, ...]] = field(default_factory=dict)
     cri_keychain: CriKeychainConfig = field(default_factory=CriKeychainConfig)
+    fuse_manager: FuseManagerConfig = field(default_factory=FuseManagerConfig)
 
 
 # The reference's keys that mean nothing here: accepted with one WARNING each. Name -> (the
@@ -225,9 +238,6 @@ IGNORED_KEYS: dict[str, tuple[object, str]] = {
         False, "a snapshot not restored on restart is marked unavailable; the daemon starts"),
     "kubeconfig_keychain.enable_keychain": (False, "no Kubernetes secrets keychain"),
     "kubeconfig_keychain.kubeconfig_path": ("", "no Kubernetes secrets keychain"),
-    "fuse_manager.enable": (False, "no separate FUSE manager"),
-    "fuse_manager.address": ("", "no separate FUSE manager"),
-    "fuse_manager.path": ("", "no separate FUSE manager"),
 }
 
 # Tables and the dataclasses holding their keys ("" is the top level).
@@ -239,6 +249,7 @@ SECTIONS: dict[str, tuple[type[Any], ...]] = {
     "snapshotter": (SnapshotterConfig,),
     "store": (StoreConfig,),
     "cri_keychain": (CriKeychainConfig,),
+    "fuse_manager": (FuseManagerConfig,),
 }
 _IGNORED_TABLES = frozenset(k.split(".")[0] for k in IGNORED_KEYS if "." in k) - set(SECTIONS)
 _LAZY_TABLE = "lazy"  # older layout: the top-level keys in a table of their own
@@ -304,7 +315,8 @@ def file_config_from_dict(data: Mapping[str, Any], where: str) -> FileConfig:
         layer = replace(layer, cache=replace(layer.cache, directory=""))
     config = FileConfig(layer, reader.build(DaemonConfig), reader.build(LazyConfig),
                         reader.build(SnapshotterConfig), reader.build(StoreConfig), mirrors,
-                        cri_keychain=reader.build(CriKeychainConfig))
+                        cri_keychain=reader.build(CriKeychainConfig),
+                        fuse_manager=reader.build(FuseManagerConfig))
     _check_ranges(config.layer, where)
     return config
 

@@ -24,6 +24,7 @@ from stargz import logs
 from stargz.cli import (
     blob,
     convert,
+    fusemanager,
     inspect,
     mount,
     optimize,
@@ -49,6 +50,7 @@ OPTIONAL_MODULES = {
 GROUPS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
     blob.register,
     convert.register,
+    fusemanager.register,
     inspect.register,
     mount.register,
     optimize.register,

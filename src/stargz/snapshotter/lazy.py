@@ -30,6 +30,7 @@ from stargz.config import (
     with_cache_directory,
 )
 from stargz.errors import ConfigError, InvalidArgumentError
+from stargz.snapshotter.fusemanager import ManagedLazyLayers
 from stargz.snapshotter.remote import (
     LABEL_CRI_IMAGE_LAYERS,
     LABEL_CRI_IMAGE_REF,
@@ -98,15 +99,22 @@ def _abs_path(value: object, key: str, where: str) -> Path:
     return Path(value)
 
 
-def load_lazy(path: Path | None, root: Path) -> LazyLayers | None:
+def load_lazy(path: Path | None, root: Path) -> LazyLayers | ManagedLazyLayers | None:
     """The lazy layers a config file asks for, with the defaults when there is no file (lazy
     pulling is what the daemon is for); None only when ``enabled = false``."""
     return lazy_from_config(load_file_config(path), root, str(path or "defaults"))
 
 
-def lazy_from_config(config: FileConfig, root: Path, where: str) -> LazyLayers | None:
+def lazy_from_config(config: FileConfig, root: Path,
+                     where: str) -> LazyLayers | ManagedLazyLayers | None:
+    """The lazy layers, mounted by this process or, with ``[fuse_manager] enable``, by the
+    FUSE manager (``stargz fuse-manager``) it asks over a socket."""
     settings = settings_from_config(config, root, where)
-    return LazyLayers(settings) if settings is not None else None
+    if settings is None:
+        return None
+    if config.fuse_manager.enable:
+        return ManagedLazyLayers(Path(config.fuse_manager.address))
+    return LazyLayers(settings)
 
 
 @dataclass(frozen=True)
