@@ -304,13 +304,15 @@ def no_landmark_image_fixture(registry: str, tmp_path_factory: pytest.TempPathFa
     return push(source, registry, "test/config-no-landmark:v1")
 
 
-@pytest.mark.parametrize("label", [None, "20000000"])
+@pytest.mark.parametrize(("label", "prefetch_size"), [(None, 0), ("20000000", 0),
+                                                     (None, 20000000), ("0", 20000000)])
 def test_prefetch_label_sets_the_bytes_to_prefetch(
-        tmp_path: Path, registry: str, no_landmark_image: str, label: str | None) -> None:
-    """Without a landmark, the stargz.prefetch label says how much to prefetch (the config's
-    prefetch_size, 0, otherwise)."""
+        tmp_path: Path, registry: str, no_landmark_image: str, label: str | None,
+        prefetch_size: int) -> None:
+    """Without a landmark, the stargz.prefetch label says how much to prefetch, the config's
+    prefetch_size when there is no label."""
     config = tmp_path / "config.toml"
-    config.write_text("no_background_fetch = true\n")
+    config.write_text(f"no_background_fetch = true\nprefetch_size = {prefetch_size}\n")
     with _proxy(registry) as proxy:
         snapshotter = SnapshotterProcess(tmp_path / "s.sock", tmp_path / "root",
                                          tmp_path / "s.log", extra_args=["--config", str(config)])
@@ -326,7 +328,7 @@ def test_prefetch_label_sets_the_bytes_to_prefetch(
             code = _prepare(snapshotter.address, "k", labels)
             assert code == grpc.StatusCode.ALREADY_EXISTS, snapshotter.log_text()[-3000:]
             fetched = proxy.bytes_served(digest, method="GET")
-            if label is None:  # footer and TOC only
+            if int(label if label is not None else prefetch_size) == 0:  # footer and TOC only
                 assert fetched < BIG_SIZE // 8, fetched
             else:  # the whole blob, the 12 MiB file in it
                 assert fetched > BIG_SIZE, fetched
@@ -374,3 +376,13 @@ request_timeout_sec = 1
         layers = _layer_digests(estargz_image)
         assert all(origin.served(d, method="GET") for d in layers)
         assert f"mirror {mirror.host} failed" in stack.snapshotter.log_text()
+
+
+def test_no_prometheus_serves_no_metrics(tmp_path: Path, registry: str,
+                                         estargz_image: str) -> None:
+    port = free_port()
+    with _stack(tmp_path, f'no_prometheus = true\nmetrics_address = "127.0.0.1:{port}"\n'
+                ) as stack:
+        assert "2 lazy" in stack.rpull(estargz_image).stdout, stack.snapshotter.log_text()
+        with pytest.raises(OSError):  # connection refused: nothing listens there
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)

@@ -147,3 +147,15 @@ def test_docs_config_md_is_current() -> None:
     assert docs.read_text() == render()
     for key in IGNORED_KEYS:
         assert f"| `{key}` |" in docs.read_text()
+
+
+def test_min_and_max_wait_are_the_retry_backoff() -> None:
+    from stargz.remote.fetcher import retry_policy
+
+    blob = file_config_from_dict({"blob": {"min_wait_msec": 10, "max_wait_msec": 40,
+                                           "max_retries": 7}}, "t").layer.blob
+    policy = retry_policy(blob)
+    assert (policy.initial_backoff, policy.max_backoff, policy.max_retries) == (0.01, 0.04, 7)
+    waits = [policy.backoff(attempt, None) for attempt in range(8)]
+    assert all(0.005 <= wait <= 0.04 for wait in waits)
+    assert max(policy.backoff(6, None) for _ in range(20)) > 0.02  # capped at max, not at min
