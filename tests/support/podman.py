@@ -15,6 +15,7 @@ cgroup_manager = "cgroupfs"
 runtime = "runc"
 events_logger = "file"
 events_logfile_path = "{events}"
+tmp_dir = "{tmp}"
 """
 
 STORAGE_CONF = """\
@@ -26,11 +27,19 @@ graphroot = "{graphroot}"
 
 
 class Podman:
-    def __init__(self, workdir: Path, layer_store: Path | None = None) -> None:
+    """podman (and buildah, which reads the same configuration) with ``extra_env`` added to
+    their environment (XDG_RUNTIME_DIR, REGISTRY_AUTH_FILE...)."""
+
+    def __init__(self, workdir: Path, layer_store: Path | None = None,
+                 extra_env: dict[str, str] | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
+        self.extra_env = dict(extra_env or {})
         self.containers_conf = workdir / "containers.conf"
-        self.containers_conf.write_text(CONTAINERS_CONF.format(events=workdir / "events.log"))
+        # a libpod tmp dir of its own (default /run/libpod, shared by every podman on the machine:
+        # its exit files and locks made runs wait 20 s for another podman's containers)
+        self.containers_conf.write_text(CONTAINERS_CONF.format(events=workdir / "events.log",
+                                                               tmp=workdir / "libpod-tmp"))
         options = ""
         if layer_store is not None:
             options = f'[storage.options]\nadditionallayerstores = ["{layer_store}:ref"]\n'
@@ -40,13 +49,21 @@ class Podman:
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "CONTAINERS_CONF": str(self.containers_conf),
-                "CONTAINERS_STORAGE_CONF": str(self.storage_conf)}
+                "CONTAINERS_STORAGE_CONF": str(self.storage_conf), **self.extra_env}
 
-    def podman(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(["podman", *args], env=self.env(), capture_output=True,
-                                text=True, timeout=timeout)
+    def podman(self, *args: str, timeout: float = 300,
+               stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return self._tool("podman", args, timeout, stdin)
+
+    def buildah(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return self._tool("buildah", args, timeout, None)
+
+    def _tool(self, tool: str, args: tuple[str, ...], timeout: float,
+              stdin: str | None) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([tool, *args], env=self.env(), capture_output=True, text=True,
+                                timeout=timeout, input=stdin)
         if result.returncode != 0:
-            raise RuntimeError(f"podman {' '.join(args)} exited {result.returncode}:\n"
+            raise RuntimeError(f"{tool} {' '.join(args)} exited {result.returncode}:\n"
                                f"{result.stdout}{result.stderr}")
         return result
 
