@@ -42,17 +42,22 @@ def manager_fixture(tmp_path: Path,
     address = tmp_path / "fm.sock"
     config.write_text(f'[lazy]\nplain_http = ["{registry}"]\nno_background_fetch = true\n'
                       f'[fuse_manager]\nenable = true\naddress = "{address}"\n')
-    log = tmp_path / "manager.log"
-    args = [sys.executable, "-m", "stargz.cli.main", "--log-level", "debug", "fuse-manager",
-            "--config", str(config), "--root", str(tmp_path / "fm-root"), "--address", str(address)]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONPATH": str(REPO)})
-    wait_for_socket(address, proc, "fuse manager")
+    proc = _start_manager(tmp_path, config)
     try:
         yield proc, config
     finally:
         stop_process(proc)
+
+
+def _start_manager(work: Path, config: Path) -> subprocess.Popen[bytes]:
+    address = work / "fm.sock"
+    args = [sys.executable, "-m", "stargz.cli.main", "--log-level", "debug", "fuse-manager",
+            "--config", str(config), "--root", str(work / "fm-root"), "--address", str(address)]
+    with (work / "manager.log").open("ab") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+    wait_for_socket(address, proc, "fuse manager")
+    return proc
 
 
 def _exec(stack: Stack, exec_id: str, *command: str) -> str:
@@ -97,3 +102,23 @@ def test_a_container_reads_on_across_a_killed_snapshotter(
     assert stop_process(proc) == 0  # SIGTERM: unmounts and exits
     assert not is_mounted(mountpoint)
     assert "FUSE manager stopping" in (tmp_path / "manager.log").read_text()
+
+
+def test_a_killed_manager_mounts_its_layers_again_when_restarted(
+        tmp_path: Path, manager: tuple[subprocess.Popen[bytes], Path],
+        estargz_image: str) -> None:
+    proc, config = manager
+    with running_stack(tmp_path, extracting=False, extra_args=["--config", str(config)]) as stack:
+        stack.rpull(estargz_image)
+        assert stack.run(estargz_image, "t-1", *WORKLOAD) == MOTD + LAYER2_TEXT
+        proc.kill()  # kill -9 of the manager: its mount is dead until it comes back
+        proc.wait()
+        again = _start_manager(tmp_path, config)
+        try:
+            # the snapshotter was not restarted: the same directories serve again
+            assert stack.run(estargz_image, "t-2", *WORKLOAD) == MOTD + LAYER2_TEXT
+            log = (tmp_path / "manager.log").read_text()
+            assert log.count("restored snapshot") == 2, log[-3000:]
+            assert "removing the stale FUSE mount" in log
+        finally:
+            assert stop_process(again) == 0
