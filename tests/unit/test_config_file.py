@@ -159,3 +159,16 @@ def test_min_and_max_wait_are_the_retry_backoff() -> None:
     waits = [policy.backoff(attempt, None) for attempt in range(8)]
     assert all(0.005 <= wait <= 0.04 for wait in waits)
     assert max(policy.backoff(6, None) for _ in range(20)) > 0.02  # capped at max, not at min
+
+
+def test_the_store_reads_the_same_file(tmp_path: Path) -> None:
+    from stargz.store.settings import load_settings
+
+    path = tmp_path / "config.toml"
+    path.write_text('prefetch_timeout_sec = 4\nmetrics_address = "127.0.0.1:9"\n'
+                    '[store]\nroot = "/srv/s"\n'
+                    '[[resolver.host."reg.example".mirrors]]\nhost = "m.example"\n')
+    settings = load_settings(tmp_path / "mnt", path)
+    assert settings.layer.prefetch_timeout_sec == 4.0
+    assert settings.metrics_address == "127.0.0.1:9" and settings.root == Path("/srv/s")
+    assert settings.mirrors == {"reg.example": (MirrorConfig("m.example"),)}

@@ -43,7 +43,8 @@ def registry_client(settings: StoreSettings) -> RegistryClient:
         auth_files=containers_auth_files(settings.authfile))
     hosts = HostsConfig.create(settings.hosts_dir, settings.insecure_hosts,
                                plain_http_localhost=settings.plain_http_localhost,
-                               plain_http_all=settings.plain_http_all)
+                               plain_http_all=settings.plain_http_all,
+                               mirrors=settings.mirrors)
     return RegistryClient(hosts, credentials, retry=retry_policy(settings.layer.blob))
 
 
