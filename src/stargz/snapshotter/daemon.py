@@ -257,6 +257,7 @@ def _one_line(err: BaseException) -> str:
 def run_from_args(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; 0 on a clean stop, 2 for a bad config, 1 otherwise."""
     try:
+        logs.configure(args.log_level or "info")  # the config's warnings in the one format
         file = load_file_config(args.config)
         config = config_from_args(args, file)
         logs.configure(config.log_level)  # httpx's line per request only at debug and trace
