@@ -77,6 +77,9 @@ def test_a_kill_at_each_step_is_repaired_by_the_next_start(
         if kind == "estargz":
             assert "mounted lazily at" in snap.log_text()
         assert _left_behind(snap.root) == [], snap.log_text()[-3000:]
+    # stopped: no FUSE mount left behind, not even the dead one of the killed daemon
+    assert not [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                if str(tmp_path) in line]
 
 
 def test_kill_points_are_off_unless_named() -> None:

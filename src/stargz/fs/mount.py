@@ -228,9 +228,11 @@ def is_mounted(path: str | Path) -> bool:
 
 
 def is_stale(path: str | Path) -> bool:
-    """A mount whose FUSE daemon is gone: stat(2) fails with ENOTCONN."""
+    """A mount whose FUSE daemon is gone: statfs(2) fails with ENOTCONN (stat(2) alone may be
+    answered from the attributes the kernel cached before the daemon died)."""
     try:
         os.stat(path)
+        os.statvfs(path)
     except OSError as exc:
         return exc.errno == errno.ENOTCONN
     return False
