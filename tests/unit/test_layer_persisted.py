@@ -112,3 +112,21 @@ def test_half_written_files_are_swept_and_another_blob_is_not_taken(tmp_path: Pa
     assert loaded is not None and loaded[0] == blobs.built[A].result.blob_size
     assert loaded[1].toc_digest == toc
     assert os.listdir(kept_file(config, toc).parent) == [toc.removeprefix("sha256:")]
+
+
+def test_an_external_toc_layer_is_kept_with_its_toc(tmp_path: Path) -> None:
+    from stargz.estargz.reader import TAIL_READ
+    from stargz.layer.persisted import PersistedTail
+    from tests.unit.test_estargz_external_toc import FILES, convert, make_tar
+
+    blob, result = convert(make_tar(), external_toc=True)
+    assert result.external_toc is not None
+    base = max(0, len(blob) - TAIL_READ)
+    store = TOCStore(tmp_path)
+    store.save(PersistedTail(A, len(blob), "registry.test/app", result.toc_digest, base,
+                             blob[base:], result.external_toc))
+    loaded = store.load(A, result.toc_digest, Config().limits)
+    assert loaded is not None
+    size, verified = loaded
+    assert size == len(blob) and verified.toc_digest == result.toc_digest
+    assert {e.name for e in verified.toc.entries} >= {name for name, _ in FILES}
