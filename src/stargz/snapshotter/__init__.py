@@ -4,6 +4,8 @@
     service.py      the Snapshots gRPC service; errors -> gRPC status codes
     snapshotter.py  behaviour of containerd's overlayfs snapshotter + the remote handshake
     remote.py       RemoteLayers (the hook the lazy layer store implements), labels, NoRemoteLayers
+    lazy.py         the lazy layers (lazyworker.py: LayerService + FUSE on a portal thread), or
+    fusemanager.py  the same served by ``stargz fuse-manager``, outliving the snapshotter
     metastore.py    SQLite metadata; layout.py: directories and mounts; filters.py: List filters
     api/            generated stubs (scripts/gen-protos)
 """
