@@ -30,7 +30,7 @@ from tests.integration.test_rpull_containerd import (  # noqa: F401 (fixtures ar
     registry_fixture,
     running_stack,
 )
-from tests.support.faultproxy import FaultProxy
+from tests.support.faultproxy import Fault, FaultProxy
 
 pytestmark = pytest.mark.integration
 
@@ -128,3 +128,27 @@ def test_a_killed_snapshotter_restarts_and_runs_from_disk_without_the_registry(
     ).stdout
     assert out.split()[0] == hashlib.sha256(_noise(BIG_SIZE)).hexdigest()
     assert proxy.served("/blobs/", method="GET")
+
+
+def test_a_read_from_a_hung_registry_fails_with_eio_and_works_once_it_answers(
+        lazy_stack: Stack, proxy: OutageProxy, estargz_image: str) -> None:
+    image = proxy.host + "/" + estargz_image.split("/", 1)[1]
+    lazy_stack.rpull(image)
+    assert lazy_stack.run(image, "t-once", *WORKLOAD) == MOTD + LAYER2_TEXT
+    top = _layer_digests(estargz_image)[-1]
+    # the registry accepts and then never finishes an answer: reads must not hang with it
+    proxy.add_fault(Fault("stall", path_contains="/blobs/", method="GET", times=1000,
+                          stall_seconds=600))
+    started = time.monotonic()
+    failed = lazy_stack.containerd.ctr(
+        "run", "--rm", "--snapshotter", "stargz", image, "t-hung", "sha256sum", "/" + BIG_FILE,
+        check=False, timeout=FETCH_TIMEOUT_S * 10)
+    print(f"hung registry: EIO after {time.monotonic() - started:.1f} s "
+          f"(fetch timeout {FETCH_TIMEOUT_S} s)")
+    assert failed.returncode != 0 and "Input/output error" in failed.stderr, failed.stderr
+    assert f"layer {top}: read of '{BIG_FILE}' failed" in lazy_stack.snapshotter.log_text()
+    proxy.clear()
+    out = lazy_stack.containerd.ctr(
+        "run", "--rm", "--snapshotter", "stargz", image, "t-answers", "sha256sum", "/" + BIG_FILE
+    ).stdout
+    assert out.split()[0] == hashlib.sha256(_noise(BIG_SIZE)).hexdigest()
