@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stargz.errors import ConfigError, RuntimeIntegrationError, StargzError
-from stargz.snapshotter.remote import LABEL_SNAPSHOT_REF
+from stargz.registry.credentials import Credentials
+from stargz.registry.keychain import process_keychain
+from stargz.registry.reference import Reference
+from stargz.snapshotter.remote import (
+    LABEL_CRI_IMAGE_REF,
+    LABEL_SNAPSHOT_REF,
+    LABEL_STARGZ_REFERENCE,
+)
 
 if TYPE_CHECKING:
     from stargz.snapshotter.lazy import LazySettings
@@ -51,10 +58,12 @@ class ManagedLazyLayers:
     async def prepare_remote(self, key: str, parent_chain: Sequence[str],
                              labels: Mapping[str, str]) -> str | None:
         name = labels.get(LABEL_SNAPSHOT_REF, key)
-        return await self._directory({"op": "prepare", "name": name, "labels": dict(labels)})
+        return await self._directory(_with_credentials(
+            {"op": "prepare", "name": name, "labels": dict(labels)}, labels))
 
     async def restore(self, name: str, labels: Mapping[str, str], previous_dir: str) -> str | None:
-        return await self._directory({"op": "restore", "name": name, "labels": dict(labels)})
+        return await self._directory(_with_credentials(
+            {"op": "restore", "name": name, "labels": dict(labels)}, labels))
 
     async def release(self, name: str, directory: str) -> None:
         await self._call({"op": "release", "name": name})
@@ -86,6 +95,36 @@ class ManagedLazyLayers:
         return reply
 
 
+def _with_credentials(request: dict[str, Any], labels: Mapping[str, str]) -> dict[str, Any]:
+    """Add the credentials this process was handed for the image's registry (the CRI keychain's,
+    from kubelet's PullImage): the manager fetches the layers, so it needs them, and it keeps
+    them in memory only. The socket is root's only (0600)."""
+    image = labels.get(LABEL_STARGZ_REFERENCE) or labels.get(LABEL_CRI_IMAGE_REF)
+    if not image:
+        return request
+    try:
+        host = Reference.parse(image).registry
+    except StargzError:
+        return request
+    credentials = process_keychain().get(host)
+    if credentials is not None:
+        request["credentials"] = {"host": host, "username": credentials.username,
+                                  "secret": credentials.secret,
+                                  "identity_token": credentials.identity_token}
+    return request
+
+
+def _take_credentials(request: dict[str, Any]) -> None:
+    """Keep handed-over credentials in this process's keychain (never in held.json)."""
+    handed = request.pop("credentials", None)
+    if not isinstance(handed, dict):
+        return
+    host, username, secret = handed.get("host"), handed.get("username"), handed.get("secret")
+    if isinstance(host, str) and isinstance(username, str) and isinstance(secret, str):
+        process_keychain().put(host, Credentials(username, secret,
+                                                 bool(handed.get("identity_token"))))
+
+
 class Manager:
     """The manager's side: LazyMounts plus the snapshot names it serves, kept on disk."""
 
@@ -115,6 +154,7 @@ class Manager:
         self._save()
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        _take_credentials(request)
         op, name, labels = request.get("op"), request.get("name"), request.get("labels")
         if not isinstance(name, str):
             raise ConfigError("a FUSE manager request names no snapshot")
