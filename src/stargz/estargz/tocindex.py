@@ -17,6 +17,7 @@ from stargz.config import LimitsConfig
 from stargz.errors import TOCError
 from stargz.estargz.chunks import Chunk
 from stargz.estargz.toc import TOCEntry
+from stargz.estargz.tocplace import Placer
 
 IMPLIED_DIR_MODE = 0o755
 _MAX_HARDLINK_HOPS = 64
@@ -45,6 +46,9 @@ class TOCIndex:
         limits = limits or LimitsConfig()
         self.chunks = build_chunks(entries, data_end, limits)
         self.entries: dict[str, TOCEntry] = {}
+        self._placer: Placer | None = None
+        self._positions: dict[str, int] = {"": -1}  # where each name was (last) listed
+        self._files_named = _count_file_names(entries) if _has_symlink(entries) else {}
         self._implied_budget = _ImpliedBudget(len(entries), limits)
         self._add_all(entries)
         self.links: dict[str, TOCEntry] = {}  # hardlink name → its final target
@@ -56,17 +60,32 @@ class TOCIndex:
     def _add_all(self, entries: Sequence[TOCEntry]) -> None:
         known = self.entries
         known[""] = TOCEntry(name="", type="dir", mode=IMPLIED_DIR_MODE)
-        for entry in entries:
-            if entry.type == "chunk":
+        placer = self._placer = Placer(known)
+        for position, listed in enumerate(entries):
+            if listed.type == "chunk":
                 continue
+            entry = placer.place(listed)
             name = entry.name
+            if name != listed.name:
+                self._move_chunks(listed, name)
             if name not in known:
-                self._add_parents(name)
+                self._add_parents(name, position)
+            placer.noting(entry)
             known[name] = entry  # a later duplicate wins, keeping the first one's place
+            self._positions[name] = position
         if known[""].type != "dir":
             raise TOCError("the TOC's root entry is not a directory")
+        self._drop_replaced()
 
-    def _add_parents(self, name: str) -> None:
+    def _move_chunks(self, listed: TOCEntry, name: str) -> None:
+        """A file written through a symlink is served from where it lands."""
+        if listed.type != "reg" or listed.size == 0:
+            return
+        if self._files_named.get(listed.name, 0) > 1:
+            raise TOCError(f"{listed.name!r} is listed twice and written through a symlink")
+        self.chunks[name] = self.chunks.pop(listed.name)
+
+    def _add_parents(self, name: str, position: int) -> None:
         """Implied directories for the missing parents of ``name``, outermost first."""
         missing: list[str] = []
         parent = parent_of(name) if name else ""
@@ -76,6 +95,22 @@ class TOCIndex:
         for dirname in reversed(missing):
             self._implied_budget.spend(dirname)
             self.entries[dirname] = TOCEntry(name=dirname, type="dir", mode=IMPLIED_DIR_MODE)
+            self._positions[dirname] = position
+
+    def _drop_replaced(self) -> None:
+        """Entries under a directory that a later entry replaced by a non-directory are gone,
+        as containerd's applier removes them; under one listed earlier, the layer is bad."""
+        known, positions = self.entries, self._positions
+        dropped: set[str] = set()
+        for name in list(known):
+            if not name:
+                continue
+            parent_name = parent_of(name)
+            if parent_name in dropped or (known[parent_name].type != "dir"
+                                          and positions[parent_name] > positions[name]):
+                dropped.add(name)
+                del known[name]
+                self.chunks.pop(name, None)
 
     def _resolve_links(self) -> None:
         for name, entry in self.entries.items():
@@ -85,7 +120,7 @@ class TOCIndex:
     def _resolve(self, entry: TOCEntry) -> TOCEntry:
         seen = 0
         while entry.type == "hardlink":
-            target = self.entries.get(entry.link_name)
+            target = self.entries.get(entry.link_name) or self._through_symlinks(entry.link_name)
             if target is None or entry.link_name == "":
                 raise TOCError(f"hardlink {entry.name!r} points to missing {entry.link_name!r}")
             seen += 1
@@ -107,6 +142,14 @@ class TOCIndex:
             if entry.type == "hardlink":
                 target = self.links[name]
                 self._link_counts[id(target)] = self._link_counts.get(id(target), 1) + 1
+
+    def _through_symlinks(self, name: str) -> TOCEntry | None:
+        """A hardlink's target named through a symlink of this layer, as containerd finds it."""
+        if self._placer is None or not name:
+            return None
+        parent, _, base = name.rpartition("/")
+        where = self._placer.resolve_dir(parent)
+        return self.entries.get(f"{where}/{base}" if where else base)
 
     def lookup(self, name: str) -> TOCEntry | None:
         """The entry at the cleaned ``name``; a hardlink gives its target's entry."""
@@ -130,6 +173,18 @@ class TOCIndex:
             kids = self.children.get(entry.name, ())
             return 2 + sum(1 for k in kids if k.type == "dir")
         return self._link_counts.get(id(entry), 1)
+
+
+def _has_symlink(entries: Sequence[TOCEntry]) -> bool:
+    return any(entry.type == "symlink" for entry in entries)
+
+
+def _count_file_names(entries: Sequence[TOCEntry]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for entry in entries:
+        if entry.type == "reg":
+            counts[entry.name] = counts.get(entry.name, 0) + 1
+    return counts
 
 
 class _ImpliedBudget:
