@@ -53,6 +53,7 @@ class PullResult:
     chain_ids: list[str]
     lazy_layers: list[str] = field(default_factory=list)  # mounted remotely by the snapshotter
     fetched_layers: list[str] = field(default_factory=list)  # downloaded and applied
+    fetched_chains: list[str] = field(default_factory=list)  # their snapshots (chain ids)
     present_layers: list[str] = field(default_factory=list)  # snapshot already there
 
 
@@ -146,6 +147,7 @@ class _Unpacker:
                 result.lazy_layers.append(layer.digest)
             else:
                 result.fetched_layers.append(layer.digest)
+                result.fetched_chains.append(chain)
             parent = chain
 
     async def _prepare(self, index: int, chain: str, parent: str) -> bool:
