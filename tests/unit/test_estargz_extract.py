@@ -203,3 +203,19 @@ def test_hardlinks_named_before_their_target_and_chains(tmp_path: Path) -> None:
     extract(blob, tmp_path / "d")
     inodes = {(tmp_path / "d" / n).stat().st_ino for n in ("t", "l1", "l2")}
     assert len(inodes) == 1 and (tmp_path / "d/l2").read_bytes() == b"target"
+
+
+def test_entries_under_the_layers_own_symlink_land_where_it_leads(tmp_path: Path) -> None:
+    # `umoci repack` after replacing bin/ by bin -> usr/bin: names under the symlink
+    tar = make_tar([symlink("bin", "usr/bin"), dir_("bin/sub/", mode=0o700),
+                    file("bin/sub/f", "through"), file("bin/.wh.gone", "")])
+    blob, _, _ = built(tar)
+    dest = tmp_path / "dest"
+    extract(blob, dest)
+    assert os.readlink(dest / "bin") == "usr/bin"
+    assert (dest / "usr/bin/sub/f").read_bytes() == b"through"
+    assert (dest / "usr/bin/.wh.gone").exists()
+    sub = (dest / "usr/bin/sub").stat()
+    assert stat.S_IMODE(sub.st_mode) == 0o700  # the listed directory, with its mode and time
+    assert sub.st_mtime == blob.lookup("usr/bin/sub").modtime  # type: ignore[union-attr]
+    assert stat.S_IMODE((dest / "usr/bin").stat().st_mode) == 0o755  # implied

@@ -37,7 +37,6 @@ def extract(blob: VerifiedBlob, dest: Path) -> None:
     root_fd = os.open(dest, _DIR_FLAGS)
     walker = DirWalker(root_fd)
     try:
-        explicit = {id(e) for e in blob.toc.entries}  # the others are implied directories
         dirs: list[TOCEntry] = []
         links: list[TOCEntry] = []
         for entry in blob.walk():
@@ -53,7 +52,7 @@ def extract(blob: VerifiedBlob, dest: Path) -> None:
         _make_links(blob, root_fd, walker, links)
         # Directory modes and times last: a read-only dir must not block its own children.
         for entry in reversed(dirs):
-            _finish_dir(walker, entry, keep_time=id(entry) not in explicit)
+            _finish_dir(walker, entry, keep_time=blob.is_implied(entry))
     finally:
         walker.close()
         os.close(root_fd)

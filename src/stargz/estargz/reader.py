@@ -215,6 +215,10 @@ class VerifiedBlob:
     def nlink(self, entry: TOCEntry) -> int:
         return self._index.nlink(entry)
 
+    def is_implied(self, entry: TOCEntry) -> bool:
+        """Whether ``entry`` is a directory the TOC only implies (no entry lists it)."""
+        return entry.name in self._index.implied
+
     def chunks(self, path: str) -> list[Chunk]:
         entry = self._regular(path)
         return list(self._index.chunks.get(entry.name, ()))

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
+import msgspec
+
 from stargz.config import LimitsConfig
 from stargz.errors import TOCError
 from stargz.estargz.chunks import Chunk
@@ -47,6 +49,7 @@ class TOCIndex:
         self.chunks = build_chunks(entries, data_end, limits)
         self.entries: dict[str, TOCEntry] = {}
         self._placer: Placer | None = None
+        self.implied: set[str] = set()  # directories no entry lists (their parents are)
         self._positions: dict[str, int] = {"": -1}  # where each name was (last) listed
         self._files_named = _count_file_names(entries) if _has_symlink(entries) else {}
         self._implied_budget = _ImpliedBudget(len(entries), limits)
@@ -73,6 +76,7 @@ class TOCIndex:
             placer.noting(entry)
             known[name] = entry  # a later duplicate wins, keeping the first one's place
             self._positions[name] = position
+            self.implied.discard(name)
         if known[""].type != "dir":
             raise TOCError("the TOC's root entry is not a directory")
         self._drop_replaced()
@@ -83,7 +87,8 @@ class TOCIndex:
             return
         if self._files_named.get(listed.name, 0) > 1:
             raise TOCError(f"{listed.name!r} is listed twice and written through a symlink")
-        self.chunks[name] = self.chunks.pop(listed.name)
+        self.chunks[name] = tuple(msgspec.structs.replace(chunk, path=name)
+                                  for chunk in self.chunks.pop(listed.name))
 
     def _add_parents(self, name: str, position: int) -> None:
         """Implied directories for the missing parents of ``name``, outermost first."""
@@ -96,6 +101,7 @@ class TOCIndex:
             self._implied_budget.spend(dirname)
             self.entries[dirname] = TOCEntry(name=dirname, type="dir", mode=IMPLIED_DIR_MODE)
             self._positions[dirname] = position
+            self.implied.add(dirname)
 
     def _drop_replaced(self) -> None:
         """Entries under a directory that a later entry replaced by a non-directory are gone,
