@@ -3,8 +3,9 @@
 Everything a hostile TOC could use to confuse a reader, or to make it spend without bound,
 is refused here: chunk lists that do not tile their file, offsets outside the data,
 duplicated or overlapping chunk positions, chunks over the size limit, a file's chunks out
-of order in the blob, missing digests, hardlinks to nothing (or loops), entries under
-non-directories, and more entries (listed or implied) than the limits allow.
+of order in the blob, missing digests, hardlinks to nothing (or loops), entries under an
+earlier non-directory, and more entries (listed or implied) than the limits allow. Entries
+under the layer's own symlinks go where containerd's applier puts them (tocplace).
 
 Everything here is iterative and linear in the TOC's size: no recursion, whatever the depth.
 """
