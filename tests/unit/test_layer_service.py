@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -251,3 +252,25 @@ def test_the_service_needs_to_be_running(tmp_path: Path) -> None:
             await layers.acquire(REPO, A, blobs.built[A].result.toc_digest)
 
     run(go)
+
+
+def test_a_stalled_registry_fails_the_resolution_within_the_fetch_timeout(tmp_path: Path) -> None:
+    blobs = Blobs(two_blobs(tmp_path))
+    stalled = anyio.Event()
+
+    async def never_answers(repo: Reference, digest: str, size: int | None) -> BlobFetcher:
+        stalled.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    config = replace(QUICK, blob=replace(QUICK.blob, fetch_timeout_sec=0.2))
+
+    async def test() -> None:
+        async with LayerService(config, cache=TieredCache(MemoryCache(1 << 20)),
+                                open_fetcher=never_answers) as svc:
+            with anyio.fail_after(30):  # a hang fails the test instead of holding it
+                with pytest.raises(TransportError, match="fetching_timeout_sec"):
+                    await svc.acquire(REPO, A, blobs.built[A].result.toc_digest)
+        assert stalled.is_set()
+
+    run(test)

@@ -366,22 +366,33 @@ class LayerService:
                           size: int | None) -> tuple[BlobFetcher, TailSource, LayerStats]:
         """The blob's fetcher and its footer and TOC. From a registry, with the size unknown,
         one suffix-range request gives the size and the tail (no HEAD first)."""
-        fetcher: BlobFetcher
-        last = None
         with span("toc_fetch", layer=digest) as fetch:
-            if size is None and self.registry is not None \
-                    and self._open_fetcher == self._registry_fetcher:
-                fetcher, last = await RegistryBlobFetcher.open_with_tail(
-                    self.registry, repo, digest, TAIL_READ)
-            else:
-                with span("head", layer=digest) as head:
-                    fetcher = await self._open_fetcher(repo, digest, size)
-                    head.set(size=fetcher.size)
+            fetcher, last = await self._open_blob(repo, digest, size)
             stats = LayerStats(size=fetcher.size)
             tail = await fetch_tail(fetcher, self.config.blob.fetch_timeout_sec, stats, digest,
                                     last)
             fetch.set(bytes=stats.fetched_metadata, requests=stats.requests + (last is not None))
         return fetcher, tail, stats
+
+    async def _open_blob(self, repo: Reference, digest: str,
+                         size: int | None) -> tuple[BlobFetcher, bytes | None]:
+        """The blob's fetcher (and its tail, when one suffix-range request gave both), within
+        ``fetching_timeout_sec`` like every other fetch: a stalled registry fails the layer's
+        resolution (it falls back) instead of holding a Prepare through every retry."""
+        timeout = self.config.blob.fetch_timeout_sec
+        try:
+            with anyio.fail_after(timeout):
+                if size is None and self.registry is not None \
+                        and self._open_fetcher == self._registry_fetcher:
+                    return await RegistryBlobFetcher.open_with_tail(
+                        self.registry, repo, digest, TAIL_READ)
+                with span("head", layer=digest) as head:
+                    fetcher = await self._open_fetcher(repo, digest, size)
+                    head.set(size=fetcher.size)
+                return fetcher, None
+        except TimeoutError:
+            raise TransportError(f"layer {digest}: the registry did not answer for its footer "
+                                 f"and TOC within {timeout:g} s (fetching_timeout_sec)") from None
 
     async def _registry_fetcher(self, repo: Reference, digest: str,
                                 size: int | None) -> BlobFetcher:
