@@ -11,9 +11,10 @@ from typing import Any, cast
 
 import pytest
 
+from stargz.errors import RuntimeIntegrationError
 from stargz.registry.credentials import Credentials
 from stargz.registry.keychain import process_keychain
-from stargz.snapshotter.fusemanager import Manager, _with_credentials
+from stargz.snapshotter.fusemanager import ManagedLazyLayers, Manager, _with_credentials
 from stargz.snapshotter.remote import LABEL_SNAPSHOT_REF, LABEL_STARGZ_REFERENCE
 
 HOST = "registry.example:5000"
@@ -72,3 +73,27 @@ def test_no_credentials_for_other_hosts_or_without_an_image(clean_keychain: None
     request = _with_credentials({"op": "prepare"}, LABELS)
     assert "credentials" not in request
     assert "credentials" not in _with_credentials({"op": "prepare"}, {})
+
+
+def test_a_manager_that_never_answers_fails_the_call_after_its_timeout(tmp_path: Path) -> None:
+    address = tmp_path / "manager.sock"
+    received: list[bytes] = []
+
+    async def test() -> None:
+        answered = asyncio.Event()
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            received.append(await reader.readline())
+            await reader.read()  # holds the connection, answers nothing, until the caller leaves
+            writer.close()
+            answered.set()
+
+        server = await asyncio.start_unix_server(silent, str(address))
+        async with server:
+            layers = ManagedLazyLayers(address, call_timeout=0.3)
+            with pytest.raises(RuntimeIntegrationError, match="did not answer a prepare"):
+                await asyncio.wait_for(layers.prepare_remote("k", [], LABELS), 30)
+            await asyncio.wait_for(answered.wait(), 30)
+
+    asyncio.run(test())
+    assert json.loads(received[0])["name"] == "chain-1"

@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from stargz.errors import ConfigError, RuntimeIntegrationError, StargzError
 from stargz.registry.credentials import Credentials
 from stargz.registry.keychain import process_keychain
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATE_FILE = "held.json"
+DEFAULT_CALL_TIMEOUT_S = 340.0  # fetching_timeout_sec + prefetch_timeout_sec + a margin
 MAX_LINE = 1 << 20  # a request's labels name every layer of the image: generous
 
 
@@ -49,8 +52,9 @@ class ManagedLazyLayers:
     """The snapshotter's RemoteLayers when a FUSE manager serves the layers: each call is one
     request on its socket. Nothing to start or stop here: the manager outlives us."""
 
-    def __init__(self, address: Path) -> None:
+    def __init__(self, address: Path, call_timeout: float = DEFAULT_CALL_TIMEOUT_S) -> None:
         self.address = address
+        self.call_timeout = call_timeout
 
     def warm_up(self) -> None:
         """Nothing to load: the manager is its own process."""
@@ -76,6 +80,17 @@ class ManagedLazyLayers:
         return directory if isinstance(directory, str) else None
 
     async def _call(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One request and its answer; a manager that hangs fails the call after
+        ``call_timeout`` instead of holding containerd's Prepare for ever."""
+        try:
+            with anyio.fail_after(self.call_timeout):
+                return await self._exchange(request)
+        except TimeoutError:
+            raise RuntimeIntegrationError(
+                f"the FUSE manager at {self.address} did not answer a {request.get('op')} "
+                f"within {self.call_timeout:g} s") from None
+
+    async def _exchange(self, request: dict[str, Any]) -> dict[str, Any]:
         try:
             reader, writer = await asyncio.open_unix_connection(str(self.address), limit=MAX_LINE)
         except OSError as err:

@@ -105,6 +105,9 @@ def load_lazy(path: Path | None, root: Path) -> LazyLayers | ManagedLazyLayers |
     return lazy_from_config(load_file_config(path), root, str(path or "defaults"))
 
 
+MANAGER_CALL_MARGIN_S = 30.0
+
+
 def lazy_from_config(config: FileConfig, root: Path,
                      where: str) -> LazyLayers | ManagedLazyLayers | None:
     """The lazy layers, mounted by this process or, with ``[fuse_manager] enable``, by the
@@ -113,7 +116,11 @@ def lazy_from_config(config: FileConfig, root: Path,
     if settings is None:
         return None
     if config.fuse_manager.enable:
-        return ManagedLazyLayers(Path(config.fuse_manager.address))
+        # A call waits at most for a resolution and a prefetch, as a Prepare in-process would.
+        layer = settings.layer
+        return ManagedLazyLayers(Path(config.fuse_manager.address),
+                                 layer.blob.fetch_timeout_sec + layer.prefetch_timeout_sec
+                                 + MANAGER_CALL_MARGIN_S)
     return LazyLayers(settings)
 
 
