@@ -260,10 +260,15 @@ def test_layers_looked_up_but_never_used_are_let_go(registry: RunningRegistry, l
     used, unused = (d["digest"] for d in layout_layers(layouts / "estargz")[0])
 
     async def test(core: StoreCore) -> None:
-        for digest in (used, unused):
-            await core.lookup((await layer_dir(core, ref, digest)).ino, "diff")
+        diffs = [await core.lookup((await layer_dir(core, ref, digest)).ino, "diff")
+                 for digest in (used, unused)]
         await fails_with(errno.ENOENT, core.create((await layer_dir(core, ref, used)).ino,
                                                    "use"))
+        await asyncio.sleep(0.5)
+        await core.expire()  # idle, but the kernel still holds the diff directory
+        assert core.layers.service.uses(unused) == 1
+        for diff in diffs:
+            core.forget(diff.ino, 1)  # as the kernel's FORGET
         started = time.monotonic()
         while core.layers.service.uses(unused) and time.monotonic() - started < 10:
             await asyncio.sleep(0.1)

@@ -9,7 +9,9 @@ and the Go reference's (``stargzstore`` from ../shared/peers), each stopped by i
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,7 +21,14 @@ from pathlib import Path
 from tests.support.containerd import REPO, stop_process
 
 START_TIMEOUT_S = 20.0
+PR_SET_PDEATHSIG = 1
 GO_STORE = Path(os.environ.get("STARGZ_PEERS", "/tmp/peers")) / "stargzstore"
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the test process dies (a killed test run leaves no store
+    serving a mount under a directory pytest will remove)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _mounted(path: Path) -> bool:
@@ -53,13 +62,14 @@ class StoreProcess:
         offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                         env=env)
+                                         env=env, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + START_TIMEOUT_S
         while "store serving on" not in self.log_text()[offset:]:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"stargz store exited {self.proc.returncode}: "
                                    f"{self.log_text()[offset:][-3000:]}")
             if time.monotonic() > deadline:
+                self.stop()  # the caller never gets to: no store may outlive its test
                 raise RuntimeError(f"stargz store not serving after {START_TIMEOUT_S} s")
             time.sleep(0.05)
 
@@ -85,10 +95,11 @@ class GoStoreProcess:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [str(GO_STORE), "-root", str(self.root), str(self.mountpoint)],
-                stdout=log, stderr=subprocess.STDOUT)
+                stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _mounted(self.mountpoint):
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError(f"stargzstore did not mount: {self.log_text()[-2000:]}")
             time.sleep(0.05)
 

@@ -70,6 +70,11 @@ class StoreCore:
         self._nodes: dict[int, StoreNode] = {ROOT_INODE: self.root}
         self._next_ino = STORE_INO_BASE
         self._diffs: dict[Key, str] = {}  # entry -> its FSCore layer name
+        # diff directories' inodes -> lookups the kernel holds (FUSE's nlookup): a layer whose
+        # diff the kernel still knows (an overlay over it, a process inside) is never let go
+        # of for being idle, whatever the use counts say
+        self._diff_keys: dict[int, Key] = {}
+        self._kernel_refs: dict[int, int] = {}
 
     # -- nodes -----------------------------------------------------------------------------
 
@@ -126,7 +131,27 @@ class StoreCore:
             assert node.parent is not None
             name = self._diffs[entry.key] = self.files.add_layer(
                 layer, f"{node.parent.name}@{node.digest}")
-        return self.files.lookup(ROOT_INODE, name)
+        root = self.files.lookup(ROOT_INODE, name)
+        self.note_lookup(root.ino, entry.key)
+        return root
+
+    def note_lookup(self, ino: int, key: Key | None = None) -> None:
+        """The kernel got ``ino`` once more (a lookup or readdirplus reply); counted for the
+        diff directories only."""
+        if key is not None:
+            self._diff_keys[ino] = key
+        if ino in self._diff_keys:
+            self._kernel_refs[ino] = self._kernel_refs.get(ino, 0) + 1
+
+    def forget(self, ino: int, count: int) -> None:
+        left = self._kernel_refs.get(ino, 0) - count
+        if left > 0:
+            self._kernel_refs[ino] = left
+        else:
+            self._kernel_refs.pop(ino, None)
+
+    def _held_by_kernel(self, key: Key) -> bool:
+        return any(k == key for ino, k in self._diff_keys.items() if ino in self._kernel_refs)
 
     def getattr(self, ino: int) -> Attr:
         node = self.node(ino)
@@ -192,8 +217,9 @@ class StoreCore:
         raise _errno(errno.ENOENT, "release counted")
 
     async def expire(self) -> None:
-        """Let go of the layers looked up but never used (see StoreLayers.expire)."""
-        for key in await self.layers.expire():
+        """Let go of the layers looked up but never used and no longer known to the kernel
+        (see StoreLayers.expire)."""
+        for key in await self.layers.expire(keep=self._held_by_kernel):
             self._drop_diff(key)
 
     def _drop_diff(self, key: Key) -> None:
@@ -202,6 +228,9 @@ class StoreCore:
         name = self._diffs.pop(key, None)
         if name is not None:
             self.files.remove_layer(name)
+        for ino in [i for i, k in self._diff_keys.items() if k == key]:
+            if ino not in self._kernel_refs:
+                del self._diff_keys[ino]
 
     def served(self) -> list[tuple[str, LayerView]]:
         """(``<image>/<digest>/diff``, layer) of every layer served."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
@@ -59,6 +60,27 @@ class StoreOperations(StargzOperations):
                     *self.store.listing(ino).items()]
         return [(os.fsencode(name), self._attr_of(cast(Node, child)))
                 for name, child in children]
+
+    async def readdir(
+        self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
+    ) -> None:
+        if self.store.find(fh) is None:
+            return await super().readdir(fh, start_id, token)
+
+        async def run() -> None:
+            listing = self._listing_of(fh)
+            for index in range(start_id, len(listing)):
+                name, attr = listing[index]
+                if not pyfuse3.readdir_reply(token, name, attr, index + 1):
+                    break
+                if index >= 2:  # readdirplus: the kernel now holds the entry (not . and ..)
+                    self.store.note_lookup(attr.st_ino)
+
+        return await self._call("readdir", fh, run)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            self.store.forget(ino, count)
 
     async def lookup(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext

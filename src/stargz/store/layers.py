@@ -5,7 +5,8 @@ one use of the LayerService's layer while podman holds it, counted as the refere
 podman creates ``<layer>/use`` when it takes the layer (pull, container layer, diff) and removes
 the layer directory when it lets go. When the count drops to zero the entry goes: the layer's
 use is given back (the service keeps its verified TOC a while for a quick re-use) and its blob
-copy is deleted. An entry nobody counted (looked up, never used) goes after ``idle_sec``.
+copy is deleted. An entry nobody counted (looked up, never used) goes after ``idle_sec`` unless
+the kernel still holds its files (the caller tells: see StoreCore).
 
 The counts are saved on every change (``state.StateFile``): a restarted store restores them, and
 pre-resolves the layers they name so that podman's next lookups find them quickly.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,11 +132,12 @@ class StoreLayers:
         await self._save()
         return entry.uses
 
-    async def expire(self) -> list[Key]:
-        """Drop the entries nobody counted and nobody looked up for ``idle_sec``."""
+    async def expire(self, keep: Callable[[Key], bool]) -> list[Key]:
+        """Drop the entries nobody counted and nobody looked up for ``idle_sec``, but those
+        ``keep`` says are still in use (the kernel holds their files)."""
         now = time.monotonic()
         idle = [e for e in self._entries.values()
-                if e.uses == 0 and now - e.touched >= self.idle_sec]
+                if e.uses == 0 and now - e.touched >= self.idle_sec and not keep(e.key)]
         for entry in idle:
             await self._drop(entry)
         return [e.key for e in idle]

@@ -1,7 +1,9 @@
 """The layers podman holds, kept on disk so that a restarted store serves them again.
 
-One JSON file under the store's root, replaced atomically (written beside, fsynced, renamed)
-whenever a use count changes: ``{"version": 1, "layers": [{"ref", "uses", "layer": {...}}]}``.
+One JSON file under the store's root, replaced atomically (written beside, renamed) whenever a
+use count changes: ``{"version": 1, "layers": [{"ref", "uses", "layer": {...}}]}``. Not fsynced:
+podman waits for each count, and a store that crashes loses nothing (the page cache keeps the
+file); a power cut may lose the last counts, which only keeps unused layers until a restart.
 A file that can not be read is set aside (``.broken``) with an error line: podman's layers then
 resolve again on lookup, only their use counts are lost.
 """
@@ -58,6 +60,4 @@ class StateFile:
         staging = self.path.with_name(self.path.name + ".tmp")
         with open(staging, "w", encoding="utf-8") as out:
             json.dump(doc, out, indent=1)
-            out.flush()
-            os.fsync(out.fileno())
         os.replace(staging, self.path)
