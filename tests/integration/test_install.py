@@ -13,7 +13,8 @@ import pytest
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-COMMANDS = ("blob", "convert", "get-toc-digest", "mount", "umount", "rpull", "snapshotter")
+COMMANDS = ("blob", "convert", "get-toc-digest", "mount", "umount", "rpull", "snapshotter",
+            "store")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def test_every_help_works_without_extras(bare_venv: Path, command: str) -> None:
 
 
 @pytest.mark.parametrize("args", (("mount", "localhost:1/x:y", "/tmp/nowhere"),
-                                  ("umount", "/tmp/nowhere")))
+                                  ("umount", "/tmp/nowhere"), ("store", "/tmp/nowhere")))
 def test_fuse_command_names_the_extra(bare_venv: Path, args: tuple[str, ...]) -> None:
     done = _stargz(bare_venv, *args)
     assert done.returncode == 1

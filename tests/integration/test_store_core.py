@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from stargz.config import Config
+from stargz.config import CacheConfig, Config
 from stargz.errors import VerificationError
 from stargz.estargz.writer import UNCOMPRESSED_SIZE_ANNOTATION
 from stargz.fs.errmap import errno_for
@@ -33,6 +33,7 @@ from tests.integration.test_mount_image import (  # noqa: F401 (fixtures are fou
     build_images,
     registry_fixture,
 )
+from tests.support.faultproxy import FaultProxy
 from tests.support.registry import RunningRegistry
 
 pytestmark = pytest.mark.integration
@@ -61,10 +62,10 @@ def layout_layers(layout: Path) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 @contextlib.asynccontextmanager
-async def running_core(registry: RunningRegistry, root: Path,
-                       idle_sec: float = 120.0) -> AsyncIterator[StoreCore]:
+async def running_core(registry: RunningRegistry, root: Path, idle_sec: float = 120.0,
+                       config: Config = CONFIG) -> AsyncIterator[StoreCore]:
     client = RegistryClient(HostsConfig.create(plain_http_localhost=True), CredentialStore())
-    async with LayerService(CONFIG, client, owns_registry=True) as service:
+    async with LayerService(config, client, owns_registry=True) as service:
         layers = StoreLayers(service, client, ImagePool(client, 120.0), root, idle_sec)
         await layers.restore()
         try:
@@ -73,10 +74,10 @@ async def running_core(registry: RunningRegistry, root: Path,
             await layers.close()
 
 
-def run(registry: RunningRegistry, root: Path,
-        test: Callable[[StoreCore], Awaitable[T]], idle_sec: float = 120.0) -> T:
+def run(registry: RunningRegistry, root: Path, test: Callable[[StoreCore], Awaitable[T]],
+        idle_sec: float = 120.0, config: Config = CONFIG) -> T:
     async def go() -> T:
-        async with running_core(registry, root, idle_sec) as core:
+        async with running_core(registry, root, idle_sec, config) as core:
             return await test(core)
 
     return asyncio.run(go())
@@ -228,30 +229,37 @@ def tampered(registry: RunningRegistry, digest: str, offset: int) -> Iterator[No
 
 
 def test_a_restarted_store_keeps_podman_s_uses(registry: RunningRegistry, layouts: Path,
-                                                ref: str, tmp_path: Path) -> None:
+                                                tmp_path: Path) -> None:
+    """...and serves the layer again without asking the registry (the description saved with
+    the uses, the TOC kept on disk by the layer service)."""
     digest = layout_layers(layouts / "estargz")[0][-1]["digest"]
+    config = Config(no_background_fetch=True,
+                    cache=CacheConfig(directory=str(tmp_path / "cache")))
+    host, port = registry.host.rsplit(":", 1)
+    with FaultProxy(host, int(port)) as proxy:
+        ref = f"{proxy.host}/test/estargz:v1"
 
-    async def first(core: StoreCore) -> None:
-        layer = await layer_dir(core, ref, digest)
-        await core.lookup(layer.ino, "diff")
-        await fails_with(errno.ENOENT, core.create(layer.ino, "use"))
+        async def first(core: StoreCore) -> None:
+            layer = await layer_dir(core, ref, digest)
+            await core.lookup(layer.ino, "diff")
+            await fails_with(errno.ENOENT, core.create(layer.ino, "use"))
 
-    async def second(core: StoreCore) -> None:
-        [entry] = core.layers.entries()
-        assert entry.key == (ref, digest) and entry.uses == 1
-        for _ in range(100):  # pre-resolved in the background
-            if digest in core.layers.service.resolved():
-                break
-            await asyncio.sleep(0.05)
-        assert digest in core.layers.service.resolved()
-        layer = await layer_dir(core, ref, digest)
-        diff = await core.lookup(layer.ino, "diff")
-        assert "etc" in core.files.listing(diff.ino)
-        await fails_with(errno.ENOENT, core.rmdir(core.parent(layer.ino).ino, digest))
-        assert core.layers.service.uses(digest) == 0 and core.layers.entries() == []
+        async def second(core: StoreCore) -> None:
+            [entry] = core.layers.entries()
+            assert entry.key == (ref, digest) and entry.uses == 1
+            asked = len(proxy.served())
+            layer = await layer_dir(core, ref, digest)
+            diff = await core.lookup(layer.ino, "diff")
+            assert "etc" in core.files.listing(diff.ino)
+            info = await core.lookup(layer.ino, "info")
+            assert isinstance(info, StoreNode)
+            assert json.loads(await read_all(core, info))["compressed-diff-digest"] == digest
+            assert proxy.served()[asked:] == []
+            await fails_with(errno.ENOENT, core.rmdir(core.parent(layer.ino).ino, digest))
+            assert core.layers.service.uses(digest) == 0 and core.layers.entries() == []
 
-    run(registry, tmp_path, first)
-    run(registry, tmp_path, second)
+        run(registry, tmp_path, first, config=config)
+        run(registry, tmp_path, second, config=config)
     assert saved_uses(tmp_path) == {}
 
 

@@ -119,3 +119,23 @@ def test_settings_take_the_lazy_table_and_the_store_table(tmp_path: Path) -> Non
     path.write_text('[store]\nroot = "relative"\n')
     with pytest.raises(ConfigError, match="absolute"):
         load_settings(tmp_path / "mnt", path)
+
+
+def test_contrib_unit_and_storage_conf_name_the_same_store() -> None:
+    import shlex
+    import tomllib
+
+    from stargz.cli.main import build_parser
+
+    contrib = Path(__file__).resolve().parents[2] / "contrib"
+    unit = (contrib / "stargz-store.service").read_text()
+    [exec_start] = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    argv = shlex.split(exec_start.removeprefix("ExecStart="))
+    assert argv[0] == "/usr/local/bin/stargz"  # where README installs it (as the snapshotter)
+    args = build_parser().parse_args(argv[1:])
+    storage = tomllib.loads((contrib / "storage.conf").read_text())
+    [store] = storage["storage"]["options"]["additionallayerstores"]
+    assert store == f"{args.mountpoint}:ref"
+    settings = load_settings(args.mountpoint, args.config, root=args.root)
+    assert settings.root == Path("/var/lib/stargz-store")
+    assert settings.layer.cache.directory == "/var/lib/stargz-store/cache"

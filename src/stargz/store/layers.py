@@ -8,8 +8,9 @@ use is given back (the service keeps its verified TOC a while for a quick re-use
 copy is deleted. An entry nobody counted (looked up, never used) goes after ``idle_sec`` unless
 the kernel still holds its files (the caller tells: see StoreCore).
 
-The counts are saved on every change (``state.StateFile``): a restarted store restores them, and
-pre-resolves the layers they name so that podman's next lookups find them quickly.
+The counts are saved on every change (``state.StateFile``): a restarted store restores them
+with each layer's description, so podman's next lookups need no manifest, and the layer service
+resolves the layers from the TOCs it keeps on disk.
 
 ``blob`` (the compressed layer, which containers/storage reads to commit or push an image) is
 served from a local copy downloaded once and checked against the layer digest before any byte
@@ -162,7 +163,8 @@ class StoreLayers:
     # -- restart -----------------------------------------------------------------------------
 
     async def restore(self) -> int:
-        """Take back the uses the last run saved; their layers resolve in the background."""
+        """Take back the uses the last run saved. Their layers resolve when looked up again,
+        from the TOCs the layer service kept on disk (no registry request) if it keeps any."""
         held = await anyio.to_thread.run_sync(self._state.load)
         await anyio.to_thread.run_sync(self._remove_blob_copies)  # no entry has them open now
         for item in held:
@@ -173,7 +175,6 @@ class StoreLayers:
                 continue
             entry = StoreLayer(item.ref, ref, item.info, uses=item.uses)
             self._entries[entry.key] = entry
-            self.service.resolve_soon(ref, item.info.digest, item.info.size)
         if held:
             log.info("restored %d layers podman holds", len(held))
         return len(held)
