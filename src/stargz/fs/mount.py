@@ -51,17 +51,20 @@ class LazyFS:
     """One read-only FUSE mount holding a directory per layer."""
 
     def __init__(self, mountpoint: str | Path, metrics_address: str | None = None,
-                 allow_setuid_and_devices: bool = False) -> None:
+                 allow_setuid_and_devices: bool = False,
+                 metrics: FSMetrics | None = None) -> None:
+        """``metrics``: a process's metrics already served (the snapshotter serves them from
+        its start, before any mount); else the mount's own, served on ``metrics_address``."""
         self.mountpoint = Path(mountpoint)
         self.options: tuple[str, ...] = MOUNT_OPTIONS + (
             UNSAFE_OPTIONS if allow_setuid_and_devices else SAFE_OPTIONS)
         self.core = FSCore(uid=os.getuid(), gid=os.getgid())
-        self.metrics = FSMetrics(self._layer_directories)
+        self.metrics = metrics if metrics is not None else FSMetrics(self.layer_directories)
         self.operations = StargzOperations(self.core, self.metrics)
         self._metrics_address = metrics_address
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _layer_directories(self) -> list[tuple[str, LayerView]]:
+    def layer_directories(self) -> list[tuple[str, LayerView]]:
         return [(str(self.mountpoint / name), view) for name, view in self.core.named_layers()]
 
     def add_layer(self, view: LayerView, name: str | None = None) -> Path:

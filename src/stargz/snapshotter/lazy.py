@@ -65,7 +65,7 @@ class LazySettings:
     hosts_dir: Path | None = None  # containerd-style hosts.toml directory
     layer: Config = field(default_factory=Config)
     mirrors: Mapping[str, tuple[MirrorConfig, ...]] = field(default_factory=dict)
-    metrics_address: str = ""  # served with the FUSE mount; empty: none
+    metrics_address: str = ""  # served from the start of the lazy worker; empty: none
 
 
 def settings_from_config(config: FileConfig, root: Path, where: str) -> LazySettings | None:

@@ -18,7 +18,9 @@ import anyio
 import anyio.abc
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from stargz.fs.metrics import FSMetrics
 from stargz.fs.mount import LazyFS, cleanup_stale
+from stargz.fs.view import LayerView
 from stargz.layer.service import LayerService
 from stargz.registry.client import RegistryClient
 from stargz.registry.credentials import CredentialStore
@@ -79,6 +81,9 @@ class LazyMounts:
         self._fs_ended: anyio.Event | None = None
         self._mount_lock = anyio.Lock()
         self._digests: dict[str, str] = {}  # directory name -> layer digest
+        # One set of metrics for the process, served from the start (as the reference does),
+        # so fallbacks and registry timings show before any layer is mounted lazily.
+        self.metrics = FSMetrics(self._layer_directories)
 
     async def __aenter__(self) -> LazyMounts:
         settings = self.settings
@@ -93,7 +98,12 @@ class LazyMounts:
         service = LayerService(settings.layer, registry, owns_registry=True)
         self._service = await self._stack.enter_async_context(service)
         self._group = await self._stack.enter_async_context(anyio.create_task_group())
+        if settings.metrics_address:
+            self.metrics.serve(settings.metrics_address)
         return self
+
+    def _layer_directories(self) -> list[tuple[str, LayerView]]:
+        return self._fs.layer_directories() if self._fs is not None else []
 
     async def __aexit__(self, *exc_info: object) -> None:
         """Unmount (the mount's task group goes first), then close the layers and client."""
@@ -187,7 +197,7 @@ class LazyMounts:
             # a killed daemon's dead mount: stat(2) on it fails with ENOTCONN until unmounted
             await anyio.to_thread.run_sync(cleanup_stale, mountpoint)
             await anyio.to_thread.run_sync(partial(mountpoint.mkdir, parents=True, exist_ok=True))
-            fs = LazyFS(mountpoint)
+            fs = LazyFS(mountpoint, metrics=self.metrics)
             assert self._group is not None
             self._fs_ended = await self._group.start(self._keep_mounted, fs)
             self._fs = fs
