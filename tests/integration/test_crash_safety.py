@@ -6,6 +6,7 @@ files, directories no snapshot owns) and the image pulls and runs with the right
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,20 @@ def _config(work: Path, registry: str) -> Path:
     return config
 
 
+def _rpull_once_containerd_reconnects(stack: Stack, ref: str) -> None:
+    """containerd's gRPC client of the killed snapshotter backs off between dials and fails
+    calls meanwhile ("connection refused"): retry the pull until it reaches the new one."""
+    deadline = time.monotonic() + 60
+    while True:
+        result = stack.rpull(ref, check=False)
+        if result.returncode == 0:
+            return
+        if "not reachable" not in result.stderr or time.monotonic() > deadline:
+            stack.rpull(ref)  # raises with the error and the snapshotter's log
+            return
+        time.sleep(0.5)
+
+
 def _left_behind(root: Path) -> list[str]:
     """Half-written cache/TOC files, and snapshot directories no row owns."""
     temps = [p.name for p in (root / "cache").rglob(".tmp-*")]
@@ -70,7 +85,7 @@ def test_a_kill_at_each_step_is_repaired_by_the_next_start(
 
         snap.start()
         wait_for_socket(snap.address, snap.proc, "snapshotter")
-        stack.rpull(ref)
+        _rpull_once_containerd_reconnects(stack, ref)
         out = stack.containerd.ctr_retry(
             "run", "--rm", "--snapshotter", "stargz", ref, "t-after", *WORKLOAD)
         assert out == MOTD + LAYER2_TEXT
