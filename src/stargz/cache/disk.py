@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 
 from stargz.errors import CacheError
@@ -143,14 +144,22 @@ class DiskCache:
 
 def _write_atomically(path: Path, data: bytes) -> None:
     path.parent.mkdir(mode=0o700, exist_ok=True)
+    write_atomically(path, [data], "cache-write")
+
+
+def write_atomically(path: Path, parts: Sequence[bytes], kill_at: str) -> None:
+    """``parts`` as the file ``path`` (0600), whole or not at all: a temp file, fsynced,
+    renamed. A crash leaves at most a ``TEMP_PREFIX`` file, which the owner's scan sweeps.
+    ``kill_at`` names the crash-test kill point before the rename (stargz.killpoints)."""
     temp = path.parent / f"{TEMP_PREFIX}{path.name}.{os.getpid()}.{threading.get_ident()}"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        for part in parts:
+            view = memoryview(part)
+            while view:
+                view = view[os.write(fd, view):]
         os.fsync(fd)
-        kill_point("cache-write")
+        kill_point(kill_at)
     except BaseException:
         os.close(fd)
         os.unlink(temp)

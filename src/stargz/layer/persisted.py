@@ -15,22 +15,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import struct
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from stargz.cache.disk import TEMP_PREFIX, write_atomically
 from stargz.config import LimitsConfig
 from stargz.errors import StargzError
 from stargz.estargz.reader import VerifiedBlob, open_blob, open_blob_external
-from stargz.killpoints import kill_point
 from stargz.layer.opening import TailSource
 
 log = logging.getLogger(__name__)
 
 TOCS_DIR = "tocs"
-TEMP_PREFIX = ".tmp-"
 FORMAT_VERSION = 1
 _HEADER_LEN = struct.Struct(">I")
 MAX_HEADER = 64 * 1024
@@ -76,8 +73,8 @@ class TOCStore:
             "tail_base": kept.tail_base, "tail_len": len(kept.tail_bytes),
             "external_len": len(kept.external_toc) if kept.external_toc is not None else -1,
         }).encode()
-        _write_atomically(path, [_HEADER_LEN.pack(len(header)), header, kept.tail_bytes,
-                                 kept.external_toc or b""])
+        write_atomically(path, [_HEADER_LEN.pack(len(header)), header, kept.tail_bytes,
+                                kept.external_toc or b""], "toc-write")
 
     def load(self, digest: str, toc_digest: str,
              limits: LimitsConfig) -> tuple[int, VerifiedBlob] | None:
@@ -127,24 +124,6 @@ def _parse(data: bytes, digest: str, toc_digest: str,
             raise ValueError("external TOC truncated")
         unverified = open_blob_external(source, toc_blob, limits)
     return size, unverified.verify(toc_digest)
-
-
-def _write_atomically(path: Path, parts: list[bytes]) -> None:
-    temp = path.parent / f"{TEMP_PREFIX}{path.name}.{os.getpid()}.{threading.get_ident()}"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        for part in parts:
-            view = memoryview(part)
-            while view:
-                view = view[os.write(fd, view):]
-        os.fsync(fd)
-        kill_point("toc-write")
-    except BaseException:
-        os.close(fd)
-        os.unlink(temp)
-        raise
-    os.close(fd)
-    os.rename(temp, path)
 
 
 def _is_hex(name: str) -> bool:
