@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 
 from stargz.errors import ConfigError, RuntimeIntegrationError
-from stargz.fs.mount import first_set, is_mounted, is_stale, on_stop_signals
+from stargz.fs.mount import cleanup_stale, first_set, is_mounted, on_stop_signals
 from stargz.layer.service import LayerService
 from stargz.registry.client import RegistryClient
 from stargz.registry.credentials import CredentialStore, containers_auth_files
@@ -49,10 +49,11 @@ def registry_client(settings: StoreSettings) -> RegistryClient:
 
 
 def check_mountpoint(mountpoint: Path) -> None:
-    """Refuse a mountpoint a live filesystem covers (another store, say); a dead FUSE mount
-    there (a killed store) is cleaned up when ours mounts."""
+    """Remove the dead FUSE mount a killed store left (podman refuses to start while it is
+    there); refuse a mountpoint a live filesystem covers (another store, say)."""
+    cleanup_stale(mountpoint)
     mountpoint.mkdir(parents=True, exist_ok=True)
-    if is_mounted(mountpoint) and not is_stale(mountpoint):
+    if is_mounted(mountpoint):
         raise RuntimeIntegrationError(f"{mountpoint} is already a mount point")
 
 
