@@ -20,6 +20,7 @@ import stat
 import subprocess
 import tarfile
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -168,6 +169,18 @@ def modes_under(root: Path, image_dirs: tuple[Path, ...] = ()) -> dict[str, int]
     return found
 
 
+def _chunk_files_written(cache: Path) -> dict[str, int]:
+    """The cache's modes once a chunk file (sha256/ab/<digest>) is there: chunks reach the disk
+    through a write-behind thread, after the read that fetched them returned."""
+    deadline = time.monotonic() + 30
+    while True:
+        cached = modes_under(cache)
+        if any(path.count("/") == 2 for path in cached) or time.monotonic() > deadline:
+            assert any(path.count("/") == 2 for path in cached), cached
+            return cached
+        time.sleep(0.1)
+
+
 def test_daemon_files_are_private_under_umask_000(images: dict[str, str], mounts: Mounts,
                                                   public: Path, tmp_path: Path) -> None:
     mnt, cache = public / "mnt", tmp_path / "new/cache"
@@ -184,8 +197,7 @@ def test_daemon_files_are_private_under_umask_000(images: dict[str, str], mounts
     for directory in (tmp_path / "run/stargz", mounts.state_root, state.directory, cache):
         assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700, directory
     assert stat.S_IMODE(os.stat(state.log_file).st_mode) == 0o600
-    cached = modes_under(cache)
-    assert any(path.count("/") == 2 for path in cached), cached  # sha256/ab/<chunk digest>
+    cached = _chunk_files_written(cache)
     kept = modes_under(state.directory, (state.fuse_dir, state.upper_dir))
     assert {"pid", "daemon.log", "blobs", "work"} <= set(kept), kept
     kept = {path: mode for path, mode in kept.items() if path not in ("fuse", "upper")}
