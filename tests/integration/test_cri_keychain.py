@@ -6,7 +6,6 @@ served a small part of the blobs), with the credentials kubelet sent; wrong ones
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import urllib.request
@@ -31,11 +30,6 @@ from tests.support.images import busybox_rootfs_tar, extract_tar, make_oci_image
 from tests.support.registry import RunningRegistry, blob_bytes_served, free_port, run_registry
 
 pytestmark = pytest.mark.integration
-
-for tool in ("containerd", "runc", "skopeo", "umoci", "htpasswd"):
-    if shutil.which(tool) is None:
-        pytest.skip(f"{tool} is not installed", allow_module_level=True)
-
 
 @pytest.fixture(name="registry")
 def registry_fixture(tmp_path: Path) -> Iterator[RunningRegistry]:
