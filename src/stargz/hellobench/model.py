@@ -81,6 +81,8 @@ class Sample:
     fetched_bytes: int = 0  # blob and manifest bytes the registry sent during the sample
     ok: bool = True
     error: str = ""  # one line when not ok
+    index: int = 0  # which sample of its (image, variant, runtime, link) cell, from 0
+    order: int = 0  # its position in the shuffled run order, from 0
 
     @property
     def total_s(self) -> float:
