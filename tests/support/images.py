@@ -1,5 +1,7 @@
 """Real test inputs, built once and cached: a tiny busybox rootfs, a debootstrap python3 rootfs.
 
+The debootstrap builder, the tar helpers and make_oci_image live in stargz.hellobench (debian,
+oci): HelloBench builds its images with the same code; they are re-exported here.
 Everything lands in the test cache (``$STARGZ_TEST_CACHE``, default ``/var/cache/stargz-tests``).
 Builds happen in a temporary directory inside the cache and are renamed into place, under a file
 lock, so concurrent or interrupted runs never see half a file. Needs root (mknod, chroot, xattrs).
@@ -15,23 +17,26 @@ lock, so concurrent or interrupted runs never see half a file. Needs root (mknod
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import io
 import os
 import shutil
 import stat
 import subprocess
 import tarfile
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from stargz.hellobench import debian
+from stargz.hellobench.debian import FIXED_MTIME, cached_path, extract_tar, tar_directory
+from stargz.hellobench.oci import make_oci_image
+
+__all__ = ["busybox_rootfs_tar", "cache_dir", "cached_file", "debian_python_rootfs_tar",
+           "extract_tar", "make_oci_image", "quirks_case_tar", "reference_case_tar",
+           "tar_directory"]
 
 DEFAULT_CACHE = Path("/var/cache/stargz-tests")
 # Bump a recipe's version when its contents change, so stale cached copies are not reused.
 BUSYBOX_TAR = "busybox-rootfs-v2.tar"
-DEBIAN_TAR = "bookworm-python3-rootfs-v1.tar"
-FIXED_MTIME = 1_700_000_000  # deterministic tars: same recipe, same bytes
 
 
 def cache_dir() -> Path:
@@ -40,75 +45,12 @@ def cache_dir() -> Path:
     return path
 
 
-@contextlib.contextmanager
-def _locked(name: str) -> Iterator[None]:
-    with open(cache_dir() / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def cached_file(name: str, build: Callable[[Path, Path], None]) -> Path:
     """The cached file `name`, calling ``build(workdir, out)`` to make it when it is missing.
 
     ``build`` writes ``out``; ``workdir`` is scratch space removed afterwards.
     """
-    final = cache_dir() / name
-    if final.exists():
-        return final
-    with _locked(name):
-        if final.exists():  # another process built it while we waited
-            return final
-        _remove_stale_builds(name)
-        with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=f".build-{name}-") as tmp:
-            out = Path(tmp) / name
-            build(Path(tmp) / "work", out)
-            os.replace(out, final)
-    return final
-
-
-def _remove_stale_builds(name: str) -> None:
-    """Scratch dirs of a killed build of `name` (safe: we hold its lock, nobody else builds it)."""
-    for stale in cache_dir().glob(f".build-{name}-*"):
-        proc = stale / "work" / "rootfs" / "proc"
-        if os.path.ismount(proc):  # a debootstrap build killed inside its chroot step
-            subprocess.run(["umount", "-l", str(proc)], check=False)
-        shutil.rmtree(stale, ignore_errors=True)
-
-
-def tar_directory(root: Path, out: Path) -> None:
-    """Pack `root`'s contents (names without a ./ prefix, like registry layers) as a PAX tar.
-
-    Owners are numeric, mtimes fixed, xattrs kept as SCHILY.xattr PAX records; hardlinks are
-    recorded as such (tarfile tracks inodes). Sockets are skipped, as tar tools do.
-    """
-
-    def normalize(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.mtime = FIXED_MTIME
-        info.uname = info.gname = ""
-        if not info.islnk():
-            records = dict(info.pax_headers)
-            for key, value in _xattrs(root / info.name).items():
-                # tarfile encodes PAX values as UTF-8 text; our test xattrs are text.
-                records[f"SCHILY.xattr.{key}"] = value.decode("utf-8", "surrogateescape")
-            info.pax_headers = records
-        return info
-
-    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
-        for name in sorted(os.listdir(root)):
-            tar.add(root / name, arcname=name, filter=normalize)
-
-
-def _xattrs(path: Path) -> dict[str, bytes]:
-    if path.is_symlink():
-        return {}
-    try:
-        names = os.listxattr(path)
-    except OSError:
-        return {}
-    return {n: os.getxattr(path, n) for n in sorted(names) if not n.startswith("security.")}
+    return cached_path(cache_dir(), name, build)
 
 
 def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -170,89 +112,8 @@ def busybox_rootfs_tar() -> Path:
     return cached_file(BUSYBOX_TAR, build)
 
 
-def debian_mirror() -> str:
-    """The Debian mirror apt is configured with (deb822 or one-line format)."""
-    for source in (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list")):
-        if not source.exists():
-            continue
-        for line in source.read_text().splitlines():
-            words = line.split()
-            if words[:1] == ["URIs:"] and not words[1].endswith("-security"):
-                return words[1]
-            if words[:1] == ["deb"] and len(words) > 2 and not words[1].endswith("-security"):
-                return words[1]
-    return "http://deb.debian.org/debian"
-
-
-def build_debian_python_rootfs(root: Path) -> None:
-    """debootstrap bookworm minbase plus python3, apt lists and package cache removed."""
-    subprocess.run(
-        ["debootstrap", "--variant=minbase", "bookworm", str(root), debian_mirror()],
-        check=True, stdout=subprocess.DEVNULL,
-    )
-    subprocess.run(["mount", "-t", "proc", "proc", str(root / "proc")], check=True)
-    try:
-        subprocess.run(
-            ["chroot", str(root), "apt-get", "install", "-y", "-q", "--no-install-recommends",
-             "python3"],
-            check=True, stdout=subprocess.DEVNULL,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-        )
-    finally:
-        subprocess.run(["umount", str(root / "proc")], check=True)
-    for junk in ("var/lib/apt/lists", "var/cache/apt/archives"):
-        shutil.rmtree(root / junk, ignore_errors=True)
-        (root / junk / "partial").mkdir(parents=True)
-    for binfile in (root / "var/cache/apt").glob("*.bin"):
-        binfile.unlink()
-
-
 def debian_python_rootfs_tar() -> Path:
-    def build(work: Path, out: Path) -> None:
-        root = work / "rootfs"
-        try:
-            build_debian_python_rootfs(root)
-            tar_directory(root, out)
-        finally:
-            # The temp dir cleanup can not cross a mount left behind by an interrupted build.
-            subprocess.run(["umount", "-l", str(root / "proc")], stderr=subprocess.DEVNULL,
-                           check=False)
-
-    return cached_file(DEBIAN_TAR, build)
-
-
-def extract_tar(tar: Path, dest: Path) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf", str(tar), "-C",
-         str(dest)],
-        check=True,
-    )
-
-
-def make_oci_image(
-    rootfs: Path, layout: Path, tag: str = "latest", cmd: Sequence[str] = ("/bin/sh",)
-) -> str:
-    """An OCI image layout at `layout` holding `rootfs` as one layer; returns ``oci:LAYOUT:TAG``.
-
-    Push it with ``skopeo copy --dest-tls-verify=false oci:LAYOUT:TAG docker://HOST/REPO:TAG``.
-    """
-    image = f"{layout}:{tag}"
-    if not (layout / "index.json").exists():
-        subprocess.run(["umoci", "init", "--layout", str(layout)], check=True)
-    subprocess.run(["umoci", "new", "--image", image], check=True)
-    with tempfile.TemporaryDirectory(prefix="umoci-bundle-") as tmp:
-        bundle = Path(tmp) / "bundle"
-        subprocess.run(["umoci", "unpack", "--image", image, str(bundle)], check=True,
-                       stdout=subprocess.DEVNULL)
-        subprocess.run(["cp", "-a", f"{rootfs}/.", str(bundle / "rootfs")], check=True)
-        subprocess.run(["umoci", "repack", "--image", image, str(bundle)], check=True,
-                       stdout=subprocess.DEVNULL)
-    config = ["umoci", "config", "--image", image]
-    for word in cmd:  # umoci appends each repeated --config.cmd to the command line
-        config += ["--config.cmd", word]
-    subprocess.run(config, check=True)
-    return f"oci:{image}"
+    return debian.debian_python_rootfs_tar(cache_dir())
 
 
 # The reference suite's tar cases: every tar format, every path prefix it tries.

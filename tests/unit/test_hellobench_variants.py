@@ -1,0 +1,135 @@
+"""HelloBench's physical limit (hellobench.physical) on real blobs built with our writer: the
+footer+TOC bytes a lazy pull reads, the compressed spans of the files a workload opens, a full
+pull's every byte, and the requests that can not overlap."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import tarfile
+
+import pytest
+import zstandard
+
+from stargz.hellobench.physical import (
+    LayerBlob,
+    accessed_spans,
+    footer_and_toc_bytes,
+    physical_limit,
+)
+from tests.unit.test_estargz_helpers import built, dir_, file, make_tar, symlink
+
+MANIFEST, CONFIG = 900, 1500
+RANDOM = b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(8000))  # 256 kB
+ENTRIES = [
+    dir_("app/"),
+    file("app/main.py", "print('hello')\n" * 20),
+    file("app/big.bin", RANDOM),
+    file("app/unused.bin", RANDOM[::-1]),
+    file("app/empty", ""),
+    symlink("app/link", "main.py"),
+]
+
+
+def test_footer_and_toc_bytes_hold_exactly_the_gzip_toc_and_footer() -> None:
+    blob, data, result = built(make_tar(ENTRIES), chunk_size=64 << 10)
+    tail = footer_and_toc_bytes(LayerBlob(len(data), blob))
+    footer_size = blob.footer.footer_size
+    # the tail minus the footer is one gzip member: the tar holding the TOC we were handed
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(data[-tail:-footer_size]))) as tar:
+        member = tar.extractfile("stargz.index.json")
+        assert member is not None
+        toc_json = member.read()
+    assert "sha256:" + hashlib.sha256(toc_json).hexdigest() == result.toc_digest
+    # one byte less would cut the member's gzip header
+    assert data[-tail:][:2] == b"\x1f\x8b" and data[-tail - 1:][1:3] == b"\x1f\x8b"
+
+
+def test_footer_and_toc_bytes_of_zstd_chunked_are_the_toc_frame_and_footer() -> None:
+    blob, data, result = built(make_tar(ENTRIES), chunk_size=64 << 10,
+                               compression="zstd-chunked")
+    footer = blob.footer
+    tail = footer_and_toc_bytes(LayerBlob(len(data), blob))
+    assert tail == footer.toc_length + footer.footer_size
+    toc = data[footer.toc_offset:footer.toc_offset + footer.toc_length]
+    toc_json = zstandard.ZstdDecompressor().decompress(
+        toc, max_output_size=footer.toc_uncompressed_length or 1 << 24)
+    assert "sha256:" + hashlib.sha256(toc_json).hexdigest() == result.toc_digest
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd-chunked"])
+def test_spans_of_a_file_decompress_to_its_contents(compression: str) -> None:
+    blob, data, _ = built(make_tar(ENTRIES), chunk_size=64 << 10, compression=compression)
+    spans = accessed_spans(blob, ["app/big.bin"])
+    assert len(spans) == 1  # four 64 kB chunks, one after another in the blob
+    start, end = spans[0]
+    if compression == "gzip":
+        plain = gzip.decompress(data[start:end])
+    else:
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data[start:end]),
+                                                            read_across_frames=True)
+        plain = reader.read()
+    # the file's bytes, then at most its tar padding and the next header
+    assert plain.startswith(RANDOM) and len(plain) - len(RANDOM) < 2048
+    # the file's spans are part of the blob's data, not of its TOC
+    assert end <= blob.footer.toc_range(len(data))[0]
+
+
+def test_paths_without_data_need_no_span() -> None:
+    blob, _, _ = built(make_tar(ENTRIES), chunk_size=64 << 10)
+    assert accessed_spans(blob, ["app", "app/empty", "app/link", "no/such/file", ""]) == []
+
+
+def test_files_sharing_a_member_count_it_once() -> None:
+    small = [dir_("etc/")] + [file(f"etc/conf{i}", f"setting {i}\n" * 10) for i in range(5)]
+    blob, _, _ = built(make_tar(small), min_chunk_size=1 << 20)
+    one = accessed_spans(blob, ["etc/conf0"])
+    every = accessed_spans(blob, [f"etc/conf{i}" for i in range(5)])
+    assert one == every and len(one) == 1
+
+
+def test_prioritized_files_are_one_span_before_the_landmark() -> None:
+    wanted = ["app/unused.bin", "app/main.py"]
+    blob, _, _ = built(make_tar(ENTRIES), chunk_size=64 << 10, prioritized=wanted)
+    spans = accessed_spans(blob, wanted)
+    landmark = blob.prefetch_end()
+    assert landmark is not None
+    assert len(spans) == 1 and spans[0][1] <= landmark
+    scattered, _, _ = built(make_tar(ENTRIES), chunk_size=64 << 10)
+    assert len(accessed_spans(scattered, ["app/main.py", "app/unused.bin"])) == 2
+
+
+def test_limit_of_a_lazy_image_counts_toc_and_read_spans_only() -> None:
+    blob, data, _ = built(make_tar(ENTRIES), chunk_size=64 << 10)
+    layer = LayerBlob(len(data), blob)
+    idle = physical_limit(MANIFEST, CONFIG, [layer], {})
+    assert idle.total_bytes == MANIFEST + CONFIG + len(data)
+    assert idle.needed_bytes == MANIFEST + CONFIG + footer_and_toc_bytes(layer)
+    assert idle.round_trips == 3  # connect, manifest, config + TOC at once
+    reading = physical_limit(MANIFEST, CONFIG, [layer], {0: ["app/main.py", "app/big.bin"]})
+    read = sum(end - start for start, end in accessed_spans(blob, ["app/main.py",
+                                                                 "app/big.bin"]))
+    assert reading.needed_bytes == idle.needed_bytes + read
+    assert reading.round_trips == 4  # and the data
+    assert reading.needed_bytes < reading.total_bytes
+
+
+def test_a_layer_without_toc_is_needed_whole() -> None:
+    gzipped = gzip.compress(make_tar(ENTRIES))
+    full = physical_limit(MANIFEST, CONFIG, [LayerBlob(len(gzipped))], {0: ["app/main.py"]})
+    assert full.needed_bytes == full.total_bytes == MANIFEST + CONFIG + len(gzipped)
+    assert full.round_trips == 3
+
+
+def test_accessed_paths_count_only_in_their_own_layer() -> None:
+    lower, lower_data, _ = built(make_tar(ENTRIES), chunk_size=64 << 10)
+    upper, upper_data, _ = built(make_tar([dir_("app/"), file("app/main.py", "print(2)\n")]))
+    layers = [LayerBlob(len(lower_data), lower), LayerBlob(len(upper_data), upper)]
+    from_upper = physical_limit(MANIFEST, CONFIG, layers, {1: ["app/main.py"]})
+    tocs = footer_and_toc_bytes(layers[0]) + footer_and_toc_bytes(layers[1])
+    upper_span = accessed_spans(upper, ["app/main.py"])
+    assert from_upper.needed_bytes == (MANIFEST + CONFIG + tocs
+                                       + sum(end - start for start, end in upper_span))
+    from_lower = physical_limit(MANIFEST, CONFIG, layers, {0: ["app/big.bin"]})
+    assert from_lower.needed_bytes > from_upper.needed_bytes  # 256 kB of random bytes
