@@ -8,6 +8,7 @@ matplotlib (the ``bench`` extra) is imported only here, when a chart is drawn.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +39,10 @@ def chart_cells(cells: Sequence[Cell], link: str) -> dict[tuple[str, str], Cell]
         if held is None or wanted.index(cell.variant) < wanted.index(held.variant):
             chosen[(cell.image, cell.runtime)] = cell
     return chosen
+
+
+def can_draw() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def write_chart(path: Path, cells: Sequence[Cell], links: Sequence[Link],
