@@ -1,5 +1,5 @@
-"""HelloBench's chart: per image and runtime, the median pull, create and run stacked, one panel
-per link, the image's physical limit as a marker.
+"""HelloBench's chart: per image and runtime, the median pull, create and run stacked, a row of
+panels per link (a panel per image), the image's physical limit as a dashed line.
 
 A runtime shows one variant per image: the full runtimes the gzip image, the lazy ones their best
 variant in CHART_VARIANTS order (the workload-optimized eStargz first), named under the bar.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stargz.errors import ConfigError
 from stargz.hellobench.model import PHASES, RUNTIMES, Link
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 CHART_VARIANTS = ("estargz-optimized", "ctr-remote-optimized", "zstdchunked-optimized",
                   "estargz", "gzip")
 PHASE_COLOURS = {"pull": "#4c72b0", "create": "#dd8452", "run": "#55a868"}
+SHORT_VARIANTS = {"estargz-optimized": "opt", "ctr-remote-optimized": "ctr-remote opt",
+                  "zstdchunked-optimized": "zstd opt", "estargz": "no opt"}
 INSTALL_HINT = "drawing the chart needs matplotlib: pip install 'stargz[bench]'"
 
 
@@ -47,6 +49,8 @@ def can_draw() -> bool:
 
 def write_chart(path: Path, cells: Sequence[Cell], links: Sequence[Link],
                 limits: Mapping[tuple[str, str], Limit], images: Sequence[str]) -> None:
+    """A grid: a row of panels per link, a panel per image (each with its own scale, so a
+    small image's bars stay readable beside the large one's)."""
     try:
         import matplotlib
     except ModuleNotFoundError:
@@ -54,48 +58,61 @@ def write_chart(path: Path, cells: Sequence[Cell], links: Sequence[Link],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [link for link in links if chart_cells(cells, link.name)]
-    if not shown:
+    chosen = {link.name: chart_cells(cells, link.name) for link in links}
+    rows = [link for link in links if chosen[link.name]]
+    columns = [image for image in images
+               if any(key[0] == image for row in rows for key in chosen[row.name])]
+    if not rows:
         return
-    bars = max(len(chart_cells(cells, link.name)) for link in shown)
-    figure, panels = plt.subplots(len(shown), 1, squeeze=False,
-                                  figsize=(max(8.0, 0.55 * bars + 2), 4.2 * len(shown)))
-    for panel, link in zip(panels[:, 0], shown, strict=True):
-        _draw_panel(panel, chart_cells(cells, link.name), link, limits, images)
-    figure.suptitle("HelloBench: cold pull, create and run (medians)")
-    figure.tight_layout()
+    figure, panels = plt.subplots(len(rows), len(columns), squeeze=False,
+                                  figsize=(2.6 * len(columns) + 1, 3.4 * len(rows) + 0.8))
+    for row, link in enumerate(rows):
+        for column, image in enumerate(columns):
+            _draw_panel(panels[row][column], chosen[link.name], image, limits.get(
+                (image, link.name)))
+        panels[row][0].set_ylabel(f"{link.name}\nseconds")
+    handles, labels = _legend_entries(panels)
+    figure.legend(handles, labels, loc="upper right", fontsize=8, ncols=len(labels))
+    figure.suptitle("HelloBench: cold pull + create + run, medians", x=0.02, ha="left")
+    figure.text(0.01, 0.005, "\n".join(link.describe() for link in rows), fontsize=6,
+                va="bottom")
+    figure.tight_layout(rect=(0, 0.02 * len(rows) + 0.02, 1, 0.95))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
-def _draw_panel(panel: Axes, chosen: Mapping[tuple[str, str], Cell], link: Link,
-                limits: Mapping[tuple[str, str], Limit], images: Sequence[str]) -> None:
-    positions: list[float] = []
-    labels: list[str] = []
-    x = 0.0
-    for image in [name for name in images if any(key[0] == name for key in chosen)]:
-        first = x
-        for runtime in [name for name in RUNTIMES if (image, name) in chosen]:
-            cell = chosen[(image, runtime)]
-            _stack(panel, x, cell, legend=not positions)
-            positions.append(x)
-            labels.append(f"{image}\n{runtime}\n{cell.variant}")
-            x += 1
-        limit = limits.get((image, link.name))
-        if limit is not None:
-            panel.hlines(limit.seconds, first - 0.4, x - 0.6, colors="black",
-                         linestyles="dashed", label="physical limit" if first == 0 else "_limit")
-        x += 0.8  # a gap between images
-    panel.set_xticks(positions, labels, fontsize=6)
-    panel.set_ylabel("seconds")
-    panel.set_title(link.describe(), fontsize=9)
-    panel.legend(fontsize=7, loc="upper left")
+def _draw_panel(panel: Axes, chosen: Mapping[tuple[str, str], Cell], image: str,
+                limit: Limit | None) -> None:
+    runtimes = [name for name in RUNTIMES if (image, name) in chosen]
+    for x, runtime in enumerate(runtimes):
+        cell = chosen[(image, runtime)]
+        bottom = 0.0
+        for phase in PHASES:
+            height = cell.seconds.get(phase, 0.0)
+            panel.bar(x, height, bottom=bottom, width=0.75, color=PHASE_COLOURS[phase],
+                      label=phase)
+            bottom += height
+        panel.annotate(f"{cell.total_s:.1f}", (x, cell.total_s), ha="center", va="bottom",
+                       fontsize=7)
+    if limit is not None:
+        panel.axhline(limit.seconds, color="black", linestyle="dashed", linewidth=1,
+                      label="physical limit")
+    panel.set_xticks(range(len(runtimes)), [_label(chosen[(image, name)]) for name in runtimes],
+                     fontsize=7, rotation=45, ha="right")
+    panel.set_title(image, fontsize=10)
+    panel.margins(y=0.12)
 
 
-def _stack(panel: Axes, x: float, cell: Cell, *, legend: bool) -> None:
-    bottom = 0.0
-    for phase in PHASES:
-        height = cell.seconds.get(phase, 0.0)
-        panel.bar(x, height, bottom=bottom, width=0.8, color=PHASE_COLOURS[phase],
-                  label=phase if legend else None)
-        bottom += height
+def _label(cell: Cell) -> str:
+    if cell.variant == "gzip":
+        return cell.runtime
+    return f"{cell.runtime} ({SHORT_VARIANTS.get(cell.variant, cell.variant)})"
+
+
+def _legend_entries(panels: Any) -> tuple[list[Any], list[str]]:
+    """Each label once, from whichever panel has it."""
+    entries: dict[str, Any] = {}
+    for panel in panels.flat:
+        for handle, label in zip(*panel.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    return list(entries.values()), list(entries)
