@@ -65,7 +65,7 @@ def write_chart(path: Path, cells: Sequence[Cell], links: Sequence[Link],
     if not rows:
         return
     figure, panels = plt.subplots(len(rows), len(columns), squeeze=False,
-                                  figsize=(2.6 * len(columns) + 1, 3.4 * len(rows) + 0.8))
+                                  figsize=(max(6.0, 2.6 * len(columns) + 1), 3.4 * len(rows) + 0.8))
     for row, link in enumerate(rows):
         for column, image in enumerate(columns):
             _draw_panel(panels[row][column], chosen[link.name], image, limits.get(
