@@ -34,6 +34,7 @@ from stargz.estargz.reader import VerifiedBlob
 from stargz.layer.opening import open_verified
 from stargz.layer.scheduler import BackgroundScheduler
 from stargz.layer.stats import FetchKind, LayerStats
+from stargz.remote.ahead import AheadFetcher
 from stargz.remote.fetcher import BlobFetcher, fetch_checked
 from stargz.remote.inflight import InFlight
 from stargz.remote.regions import Range, merge_ranges, slice_from
@@ -391,6 +392,8 @@ class Layer:
             self._stats.prefetch_complete = failures == 0
         finally:
             self._prefetched.set()
+            if isinstance(self._fetcher, AheadFetcher):  # its bytes are decoded and cached now
+                self._fetcher.drop()
         if not self._background_off:
             self._background = self._spawn(self._fetch_rest())
 

@@ -43,6 +43,7 @@ from stargz.config import Config
 from stargz.errors import InvalidArgumentError, StargzError, TOCDigestMismatch, TransportError
 from stargz.estargz.reader import TAIL_READ, UnverifiedBlob, VerifiedBlob
 from stargz.layer.externaltoc import TOCImage
+from stargz.layer.landmark import landmark_end
 from stargz.layer.layer import Layer
 from stargz.layer.opening import ExternalTOC, TailSource, fetch_tail, open_tail
 from stargz.layer.persisted import PersistedTail, TOCStore
@@ -50,6 +51,7 @@ from stargz.layer.scheduler import BackgroundScheduler
 from stargz.layer.stats import LayerStats
 from stargz.registry.client import RegistryClient
 from stargz.registry.reference import Reference
+from stargz.remote.ahead import AheadFetcher
 from stargz.remote.fetcher import BlobFetcher, RegistryBlobFetcher
 from stargz.trace import span
 
@@ -57,6 +59,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 K = TypeVar("K", str, tuple[str, str])
+# A prefetch range bigger than this is fetched by the layer after the TOC's parse, in steps,
+# rather than held whole in memory ahead of it.
+MAX_FETCH_AHEAD = 32 << 20
 OpenFetcher = Callable[[Reference, str, "int | None"], Awaitable[BlobFetcher]]
 
 
@@ -250,6 +255,7 @@ class LayerService:
     async def _resolve_blob(self, repo: Reference, digest: str, size: int | None) -> Resolution:
         with self.scheduler.prioritized():
             fetcher, tail, stats = await self._fetch_tail(repo, digest, size)
+            fetcher = await self._fetch_ahead(fetcher, tail, digest)
             external = _Kept(self._external_toc(repo, digest))
             with span("toc_parse", layer=digest) as parse:
                 unverified = await open_tail(tail, stats, digest, external.fetch,
@@ -262,6 +268,23 @@ class LayerService:
         log.info("resolved layer %s (%d bytes, TOC %s)", digest, fetcher.size,
                  resolution.toc_digest)
         return resolution
+
+    async def _fetch_ahead(self, fetcher: BlobFetcher, tail: TailSource,
+                           digest: str) -> BlobFetcher:
+        """The fetcher, fetching the blob's prefetch range already when the tail tells where
+        its landmark is: the download overlaps the TOC's parse instead of following it."""
+        if self.config.noprefetch or self._group is None:
+            return fetcher
+        with span("landmark", layer=digest) as found:
+            end = await anyio.to_thread.run_sync(landmark_end, tail.data, tail.size,
+                                                 self.config.limits.max_toc_bytes)
+            found.set(end=end)
+        if not end or end > MAX_FETCH_AHEAD:
+            return fetcher
+        pieces = -(-end // max(1, self.config.background_batch_bytes))
+        ahead = AheadFetcher(fetcher, end, pieces, self.config.blob.fetch_timeout_sec)
+        self._group.start_soon(ahead.run)
+        return ahead
 
     def _external_toc(self, image: Reference, digest: str) -> ExternalTOC | None:
         """Where the TOC of an external-TOC layer is: the TOC image of ``image``, found by its
