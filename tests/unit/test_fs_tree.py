@@ -249,7 +249,70 @@ def test_parents(tmp_path: Path) -> None:
     layer_root = resolve(core, name)
     assert core.parent(ROOT_INODE).ino == ROOT_INODE
     assert core.parent(layer_root.ino).ino == ROOT_INODE
-    assert core.parent(resolve(core, f"{name}/a").ino) is layer_root
-    assert core.parent(resolve(core, f"{name}/a/x").ino) is resolve(core, f"{name}/a")
+    assert core.parent(resolve(core, f"{name}/a").ino) == layer_root
+    assert core.parent(resolve(core, f"{name}/a/x").ino) == resolve(core, f"{name}/a")
     state_dir = resolve(core, f"{name}/.stargz-snapshotter")
-    assert core.parent(state_dir.ino) is layer_root
+    assert core.parent(state_dir.ino) == layer_root
+
+
+def test_inodes_are_computed_from_entry_numbers(tmp_path: Path) -> None:
+    """No node table: every inode a lookup or listing gives maps back to the same entry, a
+    hardlink's names share one inode, and layers never share or reuse inode numbers."""
+    files = [(f"big/f{i:04d}", "file", f"{i}\n") for i in range(3000)]
+    layer = build_layer(make_tar([("big", "dir", ""), *files, ("big/sub", "dir", ""),
+                                  ("big/link", "hardlink", "big/f0007"),
+                                  ("big/.wh.old", "file", b""), ("big/.wh..wh..opq", "file", b"")]),
+                        tmp_path / "big.blob")
+    core = FSCore()
+    name = core.add_layer(layer.view())
+    big = resolve(core, f"{name}/big")
+    listed = core.readdir(big.ino)
+    assert [n for n, _ in listed] == sorted([f"f{i:04d}" for i in range(3000)]
+                                            + ["link", "old", "sub"])
+    for child_name, child in listed:
+        assert core.lookup(big.ino, child_name) == child
+        again = core.node(child.ino)
+        assert (again.kind, again.entry) == (child.kind, child.entry)
+        assert core.parent(child.ino) == big
+    shown = dict(listed)
+    assert shown["link"].ino == shown["f0007"].ino and core.getattr(shown["link"].ino).nlink == 2
+    assert core.getattr(shown["f0008"].ino).nlink == 1
+    assert stat.S_ISCHR(core.getattr(shown["old"].ino).mode) and shown["old"].kind == "whiteout"
+    assert core.getattr(big.ino).nlink == 3  # ., its entry in the root, sub/..
+    assert core.getxattr(big.ino, b"trusted.overlay.opaque") == b"y"
+    data = asyncio.run(core.read(core.check_open(shown["f2999"].ino), 0, 100))
+    assert data == b"2999\n"
+    inodes = {child.ino for _, child in listed}
+    assert len(inodes) == 3002  # the hardlink's two names: one inode
+    other = core.add_layer(layer.view(), "other")
+    other_inodes = {n.ino for _, n in core.readdir(resolve(core, f"{other}/big").ino)}
+    assert not inodes & other_inodes
+    core.remove_layer(name)
+    for ino in inodes:
+        assert core.find(ino) is None
+    third = core.add_layer(layer.view(), "third")
+    assert not inodes & {n.ino for _, n in core.readdir(resolve(core, f"{third}/big").ino)}
+
+
+def test_inodes_nobody_was_given_are_not_found(tmp_path: Path) -> None:
+    layer = build_layer(make_tar([("d", "dir", ""), ("d/f", "file", "x"),
+                                  ("d/h", "hardlink", "d/f")]), tmp_path / "l.blob")
+    view = layer.view()
+    core = FSCore()
+    name = core.add_layer(view)
+    root = resolve(core, name)
+    f = resolve(core, f"{name}/d/f")
+    assert resolve(core, f"{name}/d/h").ino == f.ino
+    count = view.blob.entry_count
+    hardlink = view.blob.number_of(next(e for e in view.blob.walk() if e.type == "hardlink"))
+    for number in range(count):
+        entry_ino = root.ino + 2 * number
+        found = core.find(entry_ino)
+        if number == hardlink:  # its name shows the target's inode
+            assert found is None
+        else:
+            assert found is not None and found.entry == view.blob.entry_at(number)
+        assert core.find(entry_ino + 1) is None  # no entry here is a whiteout
+    assert core.find(root.ino + 2 * count) is None
+    assert view.blob.entry_at(count) is None and view.blob.entry_at(-1) is None
+    assert oserror(core.lookup, f.ino, "x") == errno.ENOTDIR

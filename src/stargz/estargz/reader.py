@@ -202,6 +202,11 @@ class VerifiedBlob:
         """The entry at ``path``; a hardlink gives its target's entry (the same object)."""
         return self._index.lookup(clean_name(path))
 
+    def lookup_name(self, name: str) -> TOCEntry | None:
+        """``lookup`` of a name already clean (root-relative, no "." or ".." part): for a
+        filesystem joining a directory's name and a child's."""
+        return self._index.lookup(name)
+
     def listdir(self, path: str) -> dict[str, TOCEntry]:
         entry = self.lookup(path)
         if entry is None or entry.type != "dir":
@@ -214,6 +219,19 @@ class VerifiedBlob:
 
     def nlink(self, entry: TOCEntry) -> int:
         return self._index.nlink(entry)
+
+    @property
+    def entry_count(self) -> int:
+        """How many paths the layer holds (numbered 0, the root, to entry_count - 1)."""
+        return len(self._index)
+
+    def number_of(self, entry: TOCEntry) -> int:
+        """The number of an entry that lookup, listdir or walk gave (stable: the TOC never
+        changes)."""
+        return self._index.number_of(entry)
+
+    def entry_at(self, number: int) -> TOCEntry | None:
+        return self._index.entry_at(number)
 
     def is_implied(self, entry: TOCEntry) -> bool:
         """Whether ``entry`` is a directory the TOC only implies (no entry lists it)."""

@@ -60,6 +60,11 @@ class TOCIndex:
         self.children: dict[str, list[TOCEntry]] = {}  # as listed: hardlinks unresolved
         self._link_counts: dict[int, int] = {}  # only targets of hardlinks (others: 1)
         self._link_tree()
+        self._positions.clear()  # only needed while building
+        # Each path's number (its place in ``entries``): a compact key for it, from which a
+        # filesystem computes inode numbers instead of keeping a table of them.
+        self._in_order = list(self.entries.values())
+        self._numbers = dict(zip(self.entries, range(len(self._in_order)), strict=True))
 
     def _add_all(self, entries: Sequence[TOCEntry]) -> None:
         known = self.entries
@@ -174,6 +179,17 @@ class TOCIndex:
 
     def walk(self) -> Iterator[TOCEntry]:
         return iter(self.entries.values())
+
+    def __len__(self) -> int:
+        return len(self._in_order)
+
+    def number_of(self, entry: TOCEntry) -> int:
+        """The number of a path's entry, as ``lookup`` or ``listdir`` gave it."""
+        return self._numbers[entry.name]
+
+    def entry_at(self, number: int) -> TOCEntry | None:
+        """The entry numbered ``number`` (None when no entry has that number)."""
+        return self._in_order[number] if 0 <= number < len(self._in_order) else None
 
     def nlink(self, entry: TOCEntry) -> int:
         if entry.type == "dir":

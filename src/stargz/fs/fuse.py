@@ -2,9 +2,10 @@
 
 Layers never change, so the kernel is told to cache everything for long: entries and attributes
 for an hour, file pages kept across opens. The mount root and the state files do change (layers
-come and go, fetch progress grows): those are never cached. For the same reason the replies for a
-layer's inodes (attributes, directory listings) are built once and kept on the node: the kernel
-can not cache readdir through pyfuse3 (opendir has no cache_readdir), so every walk asks again.
+come and go, fetch progress grows): those are never cached. For the same reason a layer's
+directory listings are kept built for a while (bounded): the kernel reads a directory
+in several readdir calls and can not cache readdir through pyfuse3 (opendir has no
+cache_readdir), so every walk asks again.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 import errno
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import TypeVar, cast
+from typing import TypeVar
 
 import pyfuse3
 from prometheus_client import Counter
@@ -23,6 +25,9 @@ from stargz.fs.metrics import FSMetrics
 from stargz.fs.tree import Attr, FSCore, Node
 
 LONG_TIMEOUT = 3600.0  # seconds: layer contents are immutable
+# Directory listings kept built (a reply holds ~300 bytes per entry): enough for the
+# directories a walk has open at once, not a copy of a big layer.
+LISTED_ENTRIES_KEPT = 16384
 T = TypeVar("T")
 Listing = list[tuple[bytes, pyfuse3.EntryAttributes]]  # readdir's (name, attributes), dots first
 
@@ -40,6 +45,8 @@ class StargzOperations(pyfuse3.Operations):
         self._next_fh = 1
         # labels() costs a lock and a tuple lookup per call: keep each child counter
         self._op_counters: dict[tuple[str, str], Counter] = {}
+        self._listings: OrderedDict[int, Listing] = OrderedDict()  # by inode, oldest first
+        self._listed = 0  # entries in self._listings
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -89,26 +96,28 @@ class StargzOperations(pyfuse3.Operations):
         volatile = node.kind in ("root", "state_dir", "state_file")
         out.attr_timeout = 0.0 if volatile else LONG_TIMEOUT
         out.entry_timeout = 0.0 if node.kind == "state_file" else LONG_TIMEOUT
-        if node.kind == "root" or (node.layer is not None and node is node.layer.root):
+        if node.kind == "root" or (node.layer is not None and node.ino == node.layer.root.ino):
             out.entry_timeout = 0.0  # a layer directory may be removed
         return out
 
     def _attr_of(self, node: Node) -> pyfuse3.EntryAttributes:
-        if node.attr_reply is not None:
-            return cast(pyfuse3.EntryAttributes, node.attr_reply)
-        reply = self._entry(self.core.getattr(node.ino), node)
-        if node.immutable:
-            node.attr_reply = reply
-        return reply
+        return self._entry(self.core.attr_of(node), node)
 
     def _listing_of(self, ino: int) -> Listing:
+        """The kernel reads a directory in several readdir calls (a buffer each): the
+        listing is built once and kept for a while, within a bound on the entries kept."""
+        cached = self._listings.get(ino)
+        if cached is not None:
+            self._listings.move_to_end(ino)
+            return cached
         node = self.core.node(ino)
-        if node.listing_reply is not None:
-            return cast(Listing, node.listing_reply)
         children = [(".", node), ("..", self.core.parent(ino)), *self.core.readdir(ino)]
         listing = [(os.fsencode(name), self._attr_of(child)) for name, child in children]
         if node.immutable:
-            node.listing_reply = listing
+            self._listings[ino] = listing
+            self._listed += len(listing)
+            while self._listed > LISTED_ENTRIES_KEPT and len(self._listings) > 1:
+                self._listed -= len(self._listings.popitem(last=False)[1])
         return listing
 
     # -- operations -----------------------------------------------------------------------
@@ -150,7 +159,7 @@ class StargzOperations(pyfuse3.Operations):
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileHandleT:
         async def run() -> pyfuse3.FileHandleT:
-            self.core.listing(inode)  # ENOTDIR here rather than on the first readdir
+            self.core.check_directory(inode)  # ENOTDIR here rather than on the first readdir
             return pyfuse3.FileHandleT(inode)
 
         return await self._call("opendir", inode, run)

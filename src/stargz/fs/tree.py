@@ -16,6 +16,7 @@ Operations raise ``OSError(errno)`` for POSIX conditions and StargzError from th
 
 from __future__ import annotations
 
+import bisect
 import errno
 import json
 import os
@@ -23,12 +24,12 @@ import posixpath
 import stat
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
 from stargz.errors import InvalidArgumentError
 from stargz.estargz.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOCEntry
+from stargz.estargz.tocindex import base_of
 from stargz.fs.view import LayerView
 
 ROOT_INODE = 1
@@ -71,16 +72,21 @@ class Attr:
         return (self.size + 511) // 512
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class Node:
+    """An inode, made when asked for: a layer's inode numbers are computed from its entries'
+    numbers, so no table holds a node per entry (a layer may hold millions)."""
+
     ino: int
     kind: NodeKind
     layer: LayerSlot | None = None
     entry: TOCEntry | None = None
-    # The FUSE adapter's replies for this inode (attributes, directory listing), built once:
-    # a layer's entries never change, and the cache goes when the node does.
-    attr_reply: object = field(default=None, repr=False)
-    listing_reply: object = field(default=None, repr=False)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Node) and (other.ino, other.kind) == (self.ino, self.kind)
+
+    def __hash__(self) -> int:
+        return hash(self.ino)
 
     @property
     def immutable(self) -> bool:
@@ -88,23 +94,50 @@ class Node:
         return self.kind in ("entry", "whiteout")
 
 
-@dataclass
+# A layer's inodes, from its base: the state directory, the state file, then two per entry
+# (the entry, and the whiteout an entry named .wh.NAME shows as).
+_STATE_DIR_OFFSET, _STATE_FILE_OFFSET, _ENTRIES_OFFSET = 0, 1, 2
+
+
+@dataclass(eq=False)
 class LayerSlot:
-    """One layer in the mount: its view, and the inodes handed out for its entries."""
+    """One layer in the mount: its view, and the range of inode numbers it owns."""
 
     name: str  # the directory name under the mount root
     view: LayerView
-    root: Node
-    inodes: dict[tuple[int, NodeKind], Node] = field(default_factory=dict)
-    listings: dict[str, dict[str, Node]] = field(default_factory=dict)
-    opaque: set[str] = field(default_factory=set)  # names of opaque directories
-    state_dir: Node | None = None
-    state_file: Node | None = None
+    base: int  # the first inode number of the range
+    span: int  # how many inode numbers the range holds
+    root: Node = field(init=False)
     usage: tuple[int, int] | None = None  # (file bytes, entries), counted once: layers never change
 
     @property
     def state_name(self) -> str:
         return f"{self.view.digest}.json"
+
+    def entry_node(self, entry: TOCEntry, kind: NodeKind = "entry") -> Node:
+        """The node of a TOC entry (hardlinks resolve to one entry: one inode)."""
+        number = self.view.blob.number_of(entry)
+        return Node(self.base + _ENTRIES_OFFSET + 2 * number + (kind == "whiteout"), kind,
+                    self, entry)
+
+    def node_at(self, ino: int) -> Node | None:
+        offset = ino - self.base
+        if offset == _STATE_DIR_OFFSET:
+            return Node(ino, "state_dir", self)
+        if offset == _STATE_FILE_OFFSET:
+            return Node(ino, "state_file", self)
+        number, whiteout = divmod(offset - _ENTRIES_OFFSET, 2)
+        entry = self.view.blob.entry_at(number)
+        if entry is None:
+            return None
+        if entry.type == "hardlink":
+            return None  # a hardlink's name shows its target's inode
+        if not whiteout:
+            return self.root if number == 0 else Node(ino, "entry", self, entry)
+        shows = base_of(entry.name)
+        if not shows.startswith(WHITEOUT_PREFIX) or shows.startswith(WHITEOUT_META_PREFIX):
+            return None
+        return Node(ino, "whiteout", self, entry)
 
 
 @dataclass(frozen=True)
@@ -124,9 +157,11 @@ class FSCore:
         self._uid, self._gid = uid, gid
         self._created = int(time.time())  # mtime of the mount root and state directories
         self._lock = threading.Lock()
-        self._nodes: dict[int, Node] = {ROOT_INODE: Node(ROOT_INODE, "root")}
+        self._root = Node(ROOT_INODE, "root")
         self._layers: dict[str, LayerSlot] = {}
-        self._next_ino = ROOT_INODE + 1
+        # the layers by inode range, replaced whole on a change: readers need no lock
+        self._ranges: tuple[list[int], list[LayerSlot]] = ([], [])
+        self._next_ino = ROOT_INODE + 1  # never reused: the kernel may hold an old one
 
     # -- layers ---------------------------------------------------------------------------
 
@@ -138,23 +173,24 @@ class FSCore:
         with self._lock:
             if dirname in self._layers:
                 return dirname  # layers are immutable: the same name serves the same layer
+            span = _ENTRIES_OFFSET + 2 * view.blob.entry_count
+            slot = LayerSlot(dirname, view, self._next_ino, span)
+            self._next_ino += span
             root_entry = view.blob.lookup("")
-            root = self._new_node("entry", None, root_entry)
-            slot = LayerSlot(dirname, view, root)
-            root.layer = slot
-            if root_entry is not None:
-                slot.inodes[(id(root_entry), "entry")] = root
+            assert root_entry is not None  # every index has its root directory
+            slot.root = Node(slot.base + _ENTRIES_OFFSET, "entry", slot, root_entry)
             self._layers[dirname] = slot
+            self._index_ranges()
         return dirname
 
     def remove_layer(self, name: str) -> None:
         with self._lock:
-            slot = self._layers.pop(name, None)
-            if slot is None:
-                return
-            for node in [slot.root, slot.state_dir, slot.state_file, *slot.inodes.values()]:
-                if node is not None:
-                    self._nodes.pop(node.ino, None)
+            if self._layers.pop(name, None) is not None:
+                self._index_ranges()
+
+    def _index_ranges(self) -> None:
+        slots = sorted(self._layers.values(), key=lambda slot: slot.base)
+        self._ranges = ([slot.base for slot in slots], slots)
 
     def layer_names(self) -> list[str]:
         with self._lock:
@@ -172,23 +208,36 @@ class FSCore:
     # -- operations -----------------------------------------------------------------------
 
     def node(self, ino: int) -> Node:
-        found = self._nodes.get(ino)
+        found = self.find(ino)
         if found is None:
             raise OSError(errno.ENOENT, f"no inode {ino}")
         return found
 
     def find(self, ino: int) -> Node | None:
-        return self._nodes.get(ino)
+        if ino == ROOT_INODE:
+            return self._root
+        bases, slots = self._ranges
+        at = bisect.bisect_right(bases, ino) - 1
+        if at < 0 or ino >= bases[at] + slots[at].span:
+            return None
+        return slots[at].node_at(ino)
 
     def layer_label(self, ino: int) -> str:
         """The digest of the layer holding ``ino`` ("" for the mount root or a gone inode)."""
-        node = self._nodes.get(ino)
-        return node.layer.view.digest if node is not None and node.layer is not None else ""
+        bases, slots = self._ranges
+        at = bisect.bisect_right(bases, ino) - 1
+        if at < 0 or ino >= bases[at] + slots[at].span:
+            return ""
+        return slots[at].view.digest
 
     def lookup(self, parent: int, name: str) -> Node:
-        found = self.listing(parent).get(name)
+        node = self.node(parent)
+        if node.kind in ("root", "state_dir"):
+            found = self.listing(parent).get(name)
+        else:
+            found = self._entry_child(self._directory(node), name)
         if found is None:
-            found = self._hidden_child(self.node(parent), name)
+            found = self._hidden_child(node, name)
         if found is None:
             raise OSError(errno.ENOENT, f"no {name!r} in inode {parent}")
         return found
@@ -203,10 +252,13 @@ class FSCore:
             assert node.layer is not None
             found = self._hidden_child(node, node.layer.state_name)
             return {node.layer.state_name: found} if found is not None else {}
-        if node.kind != "entry" or node.entry is None or node.entry.type != "dir":
-            raise OSError(errno.ENOTDIR, f"inode {ino} is not a directory")
-        assert node.layer is not None
-        return self._entry_listing(node.layer, node.entry)
+        return self._entry_listing(self._directory(node))
+
+    def check_directory(self, ino: int) -> None:
+        """ENOTDIR unless ``ino`` is a directory (without listing it)."""
+        node = self.node(ino)
+        if node.kind not in ("root", "state_dir"):
+            self._directory(node)
 
     def readdir(self, ino: int) -> list[tuple[str, Node]]:
         return sorted(self.listing(ino).items())
@@ -215,20 +267,23 @@ class FSCore:
         """The directory holding ``ino`` (the mount root is its own parent)."""
         node = self.node(ino)
         slot = node.layer
-        if slot is None or node is slot.root:
-            return self._nodes[ROOT_INODE]
-        if node.kind in ("state_dir", "state_file"):
-            found = slot.root if node.kind == "state_dir" else slot.state_dir
-            assert found is not None
-            return found
+        if slot is None or node.ino == slot.root.ino:
+            return self._root
+        if node.kind == "state_dir":
+            return slot.root
+        if node.kind == "state_file":
+            return Node(slot.base + _STATE_DIR_OFFSET, "state_dir", slot)
         assert node.entry is not None
         holder = slot.view.blob.lookup(posixpath.dirname(node.entry.name))
         assert holder is not None  # every parent of a TOC name is a directory in the index
-        with self._lock:
-            return self._node_for(slot, holder, "entry")
+        return slot.entry_node(holder)
 
     def getattr(self, ino: int) -> Attr:
-        node = self.node(ino)
+        return self.attr_of(self.node(ino))
+
+    def attr_of(self, node: Node) -> Attr:
+        """What stat(2) shows of ``node``, a node this core gave."""
+        ino = node.ino
         if node.kind == "root":
             with self._lock:
                 count = len(self._layers)
@@ -315,62 +370,58 @@ class FSCore:
         )
         return json.dumps(doc).encode() + b"\n"
 
-    def walk_nodes(self) -> Iterator[Node]:
-        with self._lock:
-            yield from list(self._nodes.values())
-
     # -- helpers --------------------------------------------------------------------------
 
-    def _new_node(self, kind: NodeKind, layer: LayerSlot | None, entry: TOCEntry | None) -> Node:
-        node = Node(self._next_ino, kind, layer, entry)
-        self._next_ino += 1
-        self._nodes[node.ino] = node
+    def _directory(self, node: Node) -> Node:
+        if node.kind != "entry" or node.entry is None or node.entry.type != "dir":
+            raise OSError(errno.ENOTDIR, f"inode {node.ino} is not a directory")
         return node
 
-    def _node_for(self, slot: LayerSlot, entry: TOCEntry, kind: NodeKind) -> Node:
-        key = (id(entry), kind)  # hardlinks resolve to one entry object: one inode
-        found = slot.inodes.get(key)
-        if found is None:
-            found = self._new_node(kind, slot, entry)
-            slot.inodes[key] = found
-        return found
+    def _entry_child(self, parent: Node, name: str) -> Node | None:
+        """The child ``name`` of a layer's directory as the listing shows it, found without
+        listing the directory."""
+        slot, holder = parent.layer, parent.entry
+        assert slot is not None and holder is not None
+        if name in ("", ".", "..") or name.startswith(WHITEOUT_PREFIX):
+            return None  # whiteouts show under the name they hide; their markers are hidden
+        blob = slot.view.blob
+        prefix = f"{holder.name}/" if holder.name else ""
+        found = blob.lookup_name(prefix + name)
+        if found is not None:
+            if not holder.name and name in LANDMARKS:
+                return None  # the reference hides them too
+            return slot.entry_node(found)
+        whiteout = blob.lookup_name(f"{prefix}{WHITEOUT_PREFIX}{name}")
+        return slot.entry_node(whiteout, "whiteout") if whiteout is not None else None
 
-    def _entry_listing(self, slot: LayerSlot, entry: TOCEntry) -> dict[str, Node]:
-        cached = slot.listings.get(entry.name)
-        if cached is not None:
-            return cached
-        children = slot.view.blob.listdir(entry.name)
+    def _entry_listing(self, parent: Node) -> dict[str, Node]:
+        slot, holder = parent.layer, parent.entry
+        assert slot is not None and holder is not None
+        children = slot.view.blob.listdir(holder.name)
         shown: dict[str, Node] = {}
-        with self._lock:
-            for name, child in sorted(children.items()):
-                if not entry.name and name in LANDMARKS:
-                    continue  # the reference hides them too
-                if name == OPAQUE_MARKER:
-                    slot.opaque.add(entry.name)
-                elif name.startswith(WHITEOUT_META_PREFIX):
-                    continue
-                elif name.startswith(WHITEOUT_PREFIX):
-                    hidden = name[len(WHITEOUT_PREFIX) :]
-                    if hidden and hidden not in children:  # a real entry wins over its whiteout
-                        shown[hidden] = self._node_for(slot, child, "whiteout")
-                else:
-                    shown[name] = self._node_for(slot, child, "entry")
-            slot.listings[entry.name] = shown
+        for name, child in sorted(children.items()):
+            if name.startswith(WHITEOUT_PREFIX):
+                hidden = name[len(WHITEOUT_PREFIX) :]
+                if (hidden and not name.startswith(WHITEOUT_META_PREFIX)
+                        and hidden not in children):  # a real entry wins over its whiteout
+                    shown[hidden] = slot.entry_node(child, "whiteout")
+            elif holder.name or name not in LANDMARKS:  # the reference hides them too
+                shown[name] = slot.entry_node(child)
         return shown
+
+    def _is_opaque(self, node: Node) -> bool:
+        assert node.layer is not None and node.entry is not None
+        prefix = f"{node.entry.name}/" if node.entry.name else ""
+        return node.layer.view.blob.lookup_name(prefix + OPAQUE_MARKER) is not None
 
     def _hidden_child(self, parent: Node, name: str) -> Node | None:
         slot = parent.layer
         if slot is None:
             return None
-        with self._lock:
-            if parent is slot.root and name == STATE_DIR:
-                if slot.state_dir is None:
-                    slot.state_dir = self._new_node("state_dir", slot, None)
-                return slot.state_dir
-            if parent is slot.state_dir and name == slot.state_name:
-                if slot.state_file is None:
-                    slot.state_file = self._new_node("state_file", slot, None)
-                return slot.state_file
+        if parent.ino == slot.root.ino and name == STATE_DIR:
+            return Node(slot.base + _STATE_DIR_OFFSET, "state_dir", slot)
+        if parent.kind == "state_dir" and name == slot.state_name:
+            return Node(slot.base + _STATE_FILE_OFFSET, "state_file", slot)
         return None
 
     @staticmethod
@@ -402,8 +453,6 @@ class FSCore:
         if node.kind != "entry" or node.entry is None:
             return {}
         out = {os.fsencode(k): v for k, v in node.entry.xattrs.items()}
-        if node.entry.type == "dir" and node.layer is not None:
-            self._entry_listing(node.layer, node.entry)  # finds the opaque marker
-            if node.entry.name in node.layer.opaque:
-                out.update(dict.fromkeys(OPAQUE_XATTRS, b"y"))
+        if node.entry.type == "dir" and node.layer is not None and self._is_opaque(node):
+            out.update(dict.fromkeys(OPAQUE_XATTRS, b"y"))
         return out
