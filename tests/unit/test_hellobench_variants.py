@@ -1,23 +1,29 @@
-"""HelloBench's physical limit (hellobench.physical) on real blobs built with our writer: the
-footer+TOC bytes a lazy pull reads, the compressed spans of the files a workload opens, a full
-pull's every byte, and the requests that can not overlap."""
+"""HelloBench's images and variants: the physical limit (hellobench.physical) on real blobs
+built with our writer (the footer+TOC bytes a lazy pull reads, the compressed spans of the files
+a workload opens, a full pull's every byte, the requests that can not overlap); bad names
+refused up front; each workload's optimize flags."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
 import io
+import json
 import tarfile
+from pathlib import Path
 
 import pytest
 import zstandard
 
+from stargz.errors import ConfigError
+from stargz.hellobench.images import IMAGE_NAMES, RECIPES, build_images
 from stargz.hellobench.physical import (
     LayerBlob,
     accessed_spans,
     footer_and_toc_bytes,
     physical_limit,
 )
+from stargz.hellobench.variants import optimize_flags, push_variants
 from tests.unit.test_estargz_helpers import built, dir_, file, make_tar, symlink
 
 MANIFEST, CONFIG = 900, 1500
@@ -133,3 +139,22 @@ def test_accessed_paths_count_only_in_their_own_layer() -> None:
                                        + sum(end - start for start, end in upper_span))
     from_lower = physical_limit(MANIFEST, CONFIG, layers, {0: ["app/big.bin"]})
     assert from_lower.needed_bytes > from_upper.needed_bytes  # 256 kB of random bytes
+
+
+def test_unknown_images_and_variants_are_refused_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown bench image nodejs"):
+        build_images(["python", "nodejs"], tmp_path)
+    with pytest.raises(ConfigError, match="unknown variant estargz-fast"):
+        push_variants({}, ["gzip", "estargz-fast"], "127.0.0.1:1", peers=None, work=tmp_path,
+                      cache=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # nothing built, nothing cached
+
+
+def test_the_workloads_stop_at_their_ready_lines() -> None:
+    assert set(IMAGE_NAMES) == {"python", "gcc", "server", "large"}
+    for recipe in RECIPES.values():
+        flags = optimize_flags(recipe.workload)
+        assert flags[flags.index("--wait-on-line") + 1] == recipe.workload.ready_line
+        entrypoint = json.loads(flags[flags.index("--entrypoint") + 1])
+        args = json.loads(flags[flags.index("--args") + 1])
+        assert tuple(entrypoint + args) == recipe.workload.argv
