@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -27,8 +26,17 @@ from _pull_trace import (
     registry_gets,
     stamp_lines,
 )
-from tests.support.containerd import Containerd, stop_process, wait_for_socket
 from tests.support.registry import RunningRegistry, blob_bytes_served
+
+from stargz.hellobench.daemons import (
+    Containerd,
+    GoSnapshotterProcess,
+    SnapshotterProcess,
+    detach_mounts_under,
+    python_env,
+    stop_process,
+    wait_for_socket,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 STARGZ = str(Path(sys.executable).with_name("stargz"))
@@ -87,16 +95,16 @@ def start_snapshotter(kind: str, work: Path, config: Path | None,
     Traced: ours with --trace (the stargz.trace lines only), Go at debug level; either's
     output reaches snap.log through a pipe, each line stamped with its arrival time."""
     sock, root, log = work / "snap.sock", work / "snap-root", work / "snap.log"
+    daemon: SnapshotterProcess
     if kind == "ours":
-        argv = [sys.executable, "-m", "stargz.snapshotter.daemon", "--address", str(sock),
-                "--root", str(root), "--log-level", "info", *(["--trace"] if trace else [])]
+        daemon = SnapshotterProcess(sock, root, log, log_level="info", extra_args=[
+            *(["--trace"] if trace else []), *(["--config", str(config)] if config else [])])
     else:
-        argv = [str(STARGZD), "-address", str(sock), "-root", str(root), "-log-level",
-                "debug" if trace else "info"]
-    if config is not None:
-        argv += ["--config" if kind == "ours" else "-config", str(config)]
+        daemon = GoSnapshotterProcess(STARGZD, sock, root, log, config,
+                                      log_level="debug" if trace else "info")
+    argv = daemon.command()
     # this checkout's code, even when the venv's editable install points at another one
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{REPO}"}
+    env = python_env((str(REPO / "src"), str(REPO)))
     started = time.monotonic()
     stamper = None
     if trace:
@@ -107,25 +115,12 @@ def start_snapshotter(kind: str, work: Path, config: Path | None,
         with log.open("ab") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
-        _wait_listening(sock, proc, f"{kind} snapshotter")
+        # polled every 2 ms: the start-up time is a measured figure
+        wait_for_socket(sock, proc, f"{kind} snapshotter", poll_s=0.002)
     except BaseException:
         stop_process(proc)
         raise
     return Snapshotter(proc, started, time.monotonic(), stamper)
-
-
-def _wait_listening(sock: Path, proc: subprocess.Popen[bytes], what: str) -> None:
-    """Until the socket accepts a connection, polled every 2 ms (the start-up time is a
-    measured figure); the shared helper's slower poll past its first second."""
-    deadline = time.monotonic() + 1.0
-    while time.monotonic() < deadline and proc.poll() is None:
-        with socket.socket(socket.AF_UNIX) as probe:
-            try:
-                probe.connect(str(sock))
-                return
-            except OSError:
-                time.sleep(0.002)
-    wait_for_socket(sock, proc, what)
 
 
 def _checked(argv: Sequence[str], env: dict[str, str]) -> str:
@@ -265,15 +260,3 @@ def _tail_logs(work: Path) -> None:
         if log.exists():
             print(f"--- last lines of {log}:", file=sys.stderr)
             print("\n".join(log.read_text(errors="replace").splitlines()[-30:]), file=sys.stderr)
-
-
-def mounts_under(path: Path) -> list[str]:
-    prefix = str(path.resolve()) + "/"
-    points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-    return [p for p in points if p.startswith(prefix)]
-
-
-def detach_mounts_under(path: Path) -> None:
-    """Lazily unmount what a killed daemon may have left (deepest first), so rmtree is safe."""
-    for point in sorted(mounts_under(path), key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True, check=False)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from stargz.errors import RuntimeIntegrationError
 from stargz.store.images import image_dirname
 from tests.integration.test_mount_image import LAYER2_TEXT, build_images, push
 from tests.integration.test_rpull_containerd import build_estargz_layout
@@ -169,7 +170,7 @@ def test_a_restarted_store_serves_podman_s_layers_again(podman: Podman, store: S
         assert store.proc is not None
         store.proc.kill()
         store.proc.wait()
-        with pytest.raises(RuntimeError, match="transport endpoint is not connected"):
+        with pytest.raises(RuntimeIntegrationError, match="transport endpoint is not connected"):
             podman.podman("images")
     store.start()
     assert "restored 2 layers podman holds" in store.log_text()

@@ -9,22 +9,27 @@ loopback port, is ready when ``/v2/`` answers, and is stopped by its PID.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import shutil
 import socket
-import ssl
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-REGISTRY_BIN = "docker-registry"
+from stargz.hellobench.daemons import (
+    REGISTRY_BIN,
+    free_port,
+    registry_config,
+    spawn_registry,
+    stop_process,
+    wait_registry_ready,
+)
+
+__all__ = ["REGISTRY_BIN", "free_port", "stop_process"]
 USERNAME, PASSWORD = "testuser", "testpass"
 SERVICE, ISSUER = "test-registry", "test-issuer"
 READY_TIMEOUT = 20.0
@@ -33,13 +38,6 @@ Auth = Literal["none", "basic", "token"]
 
 def available() -> bool:
     return shutil.which(REGISTRY_BIN) is not None and shutil.which("openssl") is not None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def make_cert(directory: Path, name: str) -> tuple[Path, Path]:
@@ -90,35 +88,6 @@ class RunningRegistry:
             stop_process(proc)
 
 
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], ca_file: Path | None, log: Path) -> None:
-    context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url} exited early: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=1, context=context):
-                return
-        except urllib.error.HTTPError as err:
-            err.close()  # it holds the response's socket
-            if err.code == 401:  # up, and asking for credentials
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer within {READY_TIMEOUT} s")
-
-
 def _start_token_server(workdir: Path) -> tuple[str, Path, subprocess.Popen[bytes]]:
     cert, key = make_cert(workdir, "token")
     port = free_port()
@@ -155,14 +124,9 @@ def run_registry(workdir: Path, *, auth: Auth = "none", tls: bool = False) -> It
         RunningRegistry]:
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    http: dict[str, object] = {"addr": f"127.0.0.1:{port}", "secret": "stargz-tests"}
-    config: dict[str, object] = {
-        "version": 0.1,
-        "log": {"level": "warn"},
-        "storage": {"filesystem": {"rootdirectory": str(workdir / "storage")},
-                    "delete": {"enabled": True}},
-        "http": http,
-    }
+    config = registry_config(workdir, port)
+    http = config["http"]
+    assert isinstance(http, dict)
     ca_file = None
     if tls:
         ca_file, key = make_cert(workdir, "registry")
@@ -180,18 +144,14 @@ def run_registry(workdir: Path, *, auth: Auth = "none", tls: bool = False) -> It
         helpers.append(token_proc)
         config["auth"] = {"token": {"realm": realm, "service": SERVICE, "issuer": ISSUER,
                                     "rootcertbundle": str(token_cert)}}
-    config_path = workdir / "config.yml"
-    config_path.write_text(json.dumps(config))  # JSON is YAML
-    log = workdir / "registry.out"
-    with log.open("wb") as log_file:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config_path)],
-                                stdout=log_file, stderr=subprocess.STDOUT)
+    proc = spawn_registry(workdir, config)
     scheme = "https" if tls else "http"
     username, password = (USERNAME, PASSWORD) if auth != "none" else (None, None)
     registry = RunningRegistry(f"127.0.0.1:{port}", scheme, workdir, proc, ca_file, username,
                                password, helpers=helpers, token_realm=realm)
     try:
-        _wait_ready(f"{scheme}://127.0.0.1:{port}/v2/", proc, ca_file, log)
+        wait_registry_ready(f"{scheme}://127.0.0.1:{port}/v2/", proc, ca_file,
+                            workdir / "registry.out")
         yield registry
     finally:
         registry.stop()

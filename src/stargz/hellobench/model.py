@@ -63,10 +63,13 @@ class Link:
     rtt_ms: float
 
     def describe(self) -> str:
-        if self.rate_mbit is None:
-            return f"{self.name}: loopback, no shaping"
-        return (f"{self.name}: {self.rate_mbit:g} Mbit/s each way and {self.rtt_ms:g} ms round "
-                "trip, a token-bucket TCP relay on loopback in front of the registry")
+        if self.rate_mbit is None and not self.rtt_ms:
+            return (f"{self.name}: loopback, no shaping (a TCP relay in front of the registry "
+                    "only counts the bytes it sends)")
+        rate = "no rate limit" if self.rate_mbit is None else f"{self.rate_mbit:g} Mbit/s each way"
+        return (f"{self.name}: {rate} and {self.rtt_ms:g} ms round trip (half of it added each "
+                "way), a token-bucket TCP relay on loopback in front of the registry, which also "
+                "counts the bytes the registry sends")
 
 
 @dataclass
