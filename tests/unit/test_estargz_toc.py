@@ -126,7 +126,7 @@ def test_single_chunk_files_may_rely_on_file_digests() -> None:
     # Old (legacy stargz) TOCs: no chunkDigest, no chunk entries, but every file has a digest.
     raw = _toc({"name": "a", "type": "reg", "size": 3, "offset": 100, "digest": D1})
     index = TOCIndex(parse_toc(raw, data_end=1000).entries, 1000)
-    assert index.chunks["a"][0].digest == D1
+    assert index.chunks_of(_found(index, "a"))[0].digest == D1
 
 
 def test_implied_directories_and_duplicates() -> None:
@@ -147,8 +147,14 @@ def test_chunk_ends_come_from_the_next_offset() -> None:
     toc = parse_toc(raw, data_end=800)
     assert toc.index is not None
     ends = [(c.compressed_offset, c.compressed_end, c.chunk_size)
-            for name in ("a", "b") for c in toc.index.chunks[name]]
+            for name in ("a", "b") for c in toc.index.chunks_of(_found(toc.index, name))]
     assert ends == [(100, 300, 3), (300, 500, 3), (500, 800, 3)]
+
+
+def _found(index: TOCIndex, name: str) -> TOCEntry:
+    entry = index.lookup(name)
+    assert entry is not None
+    return entry
 
 
 _json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import logging
+import operator
 from collections.abc import Iterator, Sequence
 
 from stargz.config import LimitsConfig
@@ -238,12 +239,11 @@ class VerifiedBlob:
         return entry.name in self._index.implied
 
     def chunks(self, path: str) -> list[Chunk]:
-        entry = self._regular(path)
-        return list(self._index.chunks.get(entry.name, ()))
+        return list(self._index.chunks_of(self._regular(path)))
 
     def chunk_at(self, path: str, offset: int) -> Chunk:
         entry = self._regular(path)
-        chunks = self._index.chunks.get(entry.name, ())
+        chunks = self._index.chunks_of(entry)
         i = bisect.bisect_right(chunks, offset, key=_chunk_start) - 1
         if offset < 0 or i < 0 or offset >= chunks[i].end:
             raise NotFoundError(f"{path!r} has no byte at offset {offset} (size {entry.size})")
@@ -279,12 +279,9 @@ class VerifiedBlob:
     def chunks_in_blob_order(self) -> list[Chunk]:
         """Every chunk of every regular file once, in the order they sit in the blob (only
         files the TOC keeps: a later entry of the same name wins)."""
-        entries = self._index.entries
-        return sorted(
-            (c for name, cs in self._index.chunks.items() if entries[name].type == "reg"
-             for c in cs),
-            key=_blob_order,
-        )
+        chunks_of = self._index.chunks_of
+        return sorted((c for entry in self._index.entries.values() for c in chunks_of(entry)),
+                      key=_BLOB_ORDER)
 
     def verified_chunks(self) -> Iterator[tuple[Chunk, bytes]]:
         """Every chunk of every regular file with its verified bytes, in blob order (a file's
@@ -343,8 +340,7 @@ class VerifiedBlob:
         return entry
 
 
-def _blob_order(chunk: Chunk) -> tuple[int, int]:
-    return chunk.compressed_offset, chunk.inner_offset
+_BLOB_ORDER = operator.attrgetter("compressed_offset", "inner_offset")
 
 
 def _chunk_start(chunk: Chunk) -> int:

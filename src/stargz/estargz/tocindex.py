@@ -12,13 +12,14 @@ Everything here is iterative and linear in the TOC's size: no recursion, whateve
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from itertools import islice
 
 import msgspec
 
 from stargz.config import LimitsConfig
 from stargz.errors import TOCError
-from stargz.estargz.chunks import Chunk
+from stargz.estargz.chunks import Chunk, ChunkTable
 from stargz.estargz.toc import TOCEntry
 from stargz.estargz.tocplace import Placer
 
@@ -47,7 +48,7 @@ class TOCIndex:
         limits: LimitsConfig | None = None,
     ) -> None:
         limits = limits or LimitsConfig()
-        self.chunks = build_chunks(entries, data_end, limits)
+        self.chunks = ChunkTable(entries, data_end, limits)
         self.entries: dict[str, TOCEntry] = {}
         self._placer: Placer | None = None
         self.implied: set[str] = set()  # directories no entry lists (their parents are)
@@ -67,25 +68,35 @@ class TOCIndex:
         self._numbers = dict(zip(self.entries, range(len(self._in_order)), strict=True))
 
     def _add_all(self, entries: Sequence[TOCEntry]) -> None:
-        known = self.entries
+        known, positions, implied = self.entries, self._positions, self.implied
         known[""] = TOCEntry(name="", type="dir", mode=IMPLIED_DIR_MODE)
         placer = self._placer = Placer(known)
+        any_symlink = False  # until one is listed, every entry stays where it is listed
+        replaced = False  # whether a later entry replaced a path by a non-directory
         for position, listed in enumerate(entries):
-            if listed.type == "chunk":
+            etype = listed.type
+            if etype == "chunk":
                 continue
-            entry = placer.place(listed)
+            entry = placer.place(listed) if any_symlink else listed
             name = entry.name
             if name != listed.name:
                 self._move_chunks(listed, name)
-            if name not in known:
-                self._add_parents(name, position)
-            placer.noting(entry)
+            previous = known.get(name)
+            if previous is None:
+                if parent_of(name) not in known:
+                    self._add_parents(name, position)
+            else:
+                replaced = replaced or etype != "dir"
+                implied.discard(name)
+            if etype == "symlink" or (previous is not None and previous.type == "symlink"):
+                placer.noting(entry)
+                any_symlink = True
             known[name] = entry  # a later duplicate wins, keeping the first one's place
-            self._positions[name] = position
-            self.implied.discard(name)
+            positions[name] = position
         if known[""].type != "dir":
             raise TOCError("the TOC's root entry is not a directory")
-        self._drop_replaced()
+        if replaced:  # else no directory was replaced: nothing to drop
+            self._drop_replaced()
 
     def _move_chunks(self, listed: TOCEntry, name: str) -> None:
         """A file written through a symlink is served from where it lands."""
@@ -93,8 +104,10 @@ class TOCIndex:
             return
         if self._files_named.get(listed.name, 0) > 1:
             raise TOCError(f"{listed.name!r} is listed twice and written through a symlink")
-        self.chunks[name] = tuple(msgspec.structs.replace(chunk, path=name)
-                                  for chunk in self.chunks.pop(listed.name))
+        several = self.chunks.several.pop(listed.name, None)
+        if several is not None:
+            self.chunks.several[name] = tuple(msgspec.structs.replace(chunk, path=name)
+                                              for chunk in several)
 
     def _add_parents(self, name: str, position: int) -> None:
         """Implied directories for the missing parents of ``name``, outermost first."""
@@ -122,7 +135,7 @@ class TOCIndex:
                                           and positions[parent_name] > positions[name]):
                 dropped.add(name)
                 del known[name]
-                self.chunks.pop(name, None)
+                self.chunks.several.pop(name, None)
 
     def _resolve_links(self) -> None:
         for name, entry in self.entries.items():
@@ -144,16 +157,19 @@ class TOCIndex:
         return entry
 
     def _link_tree(self) -> None:
-        for name, entry in self.entries.items():
-            if name == "":
-                continue
-            parent = self.entries[parent_of(name)]
-            if parent.type != "dir":
-                raise TOCError(f"{name!r} is under {parent.name!r}, which is not a directory")
-            self.children.setdefault(parent.name, []).append(entry)
-            if entry.type == "hardlink":
-                target = self.links[name]
-                self._link_counts[id(target)] = self._link_counts.get(id(target), 1) + 1
+        known, children = self.entries, self.children
+        for name, entry in islice(known.items(), 1, None):  # all but the root, listed first
+            parent_name = parent_of(name)
+            kids = children.get(parent_name)
+            if kids is None:
+                parent = known[parent_name]
+                if parent.type != "dir":
+                    raise TOCError(f"{name!r} is under {parent.name!r}, which is not a directory")
+                kids = children[parent_name] = []
+            kids.append(entry)
+        counts = self._link_counts
+        for target in self.links.values():
+            counts[id(target)] = counts.get(id(target), 1) + 1
 
     def _through_symlinks(self, name: str) -> TOCEntry | None:
         """A hardlink's target named through a symlink of this layer, as containerd finds it."""
@@ -190,6 +206,10 @@ class TOCIndex:
     def entry_at(self, number: int) -> TOCEntry | None:
         """The entry numbered ``number`` (None when no entry has that number)."""
         return self._in_order[number] if 0 <= number < len(self._in_order) else None
+
+    def chunks_of(self, entry: TOCEntry) -> tuple[Chunk, ...]:
+        """The chunks of regular file ``entry`` (as lookup gave it), in file order."""
+        return self.chunks.of(entry)
 
     def nlink(self, entry: TOCEntry) -> int:
         if entry.type == "dir":
@@ -228,149 +248,3 @@ class _ImpliedBudget:
         if self._bytes_left < 0:
             raise TOCError(f"the directories the TOC implies have names of more than "
                            f"{self._limits.max_toc_bytes} bytes (limits.max_toc_bytes)")
-
-
-class _FileChunks:
-    """The data entries (reg then chunk...) of one regular file."""
-
-    __slots__ = ("parts", "reg")
-
-    def __init__(self, reg: TOCEntry) -> None:
-        self.reg = reg
-        self.parts = [reg]
-
-
-def _data_entries(entries: Sequence[TOCEntry]) -> list[_FileChunks]:
-    """Group each reg entry with the chunk entries that follow it."""
-    files: list[_FileChunks] = []
-    current: _FileChunks | None = None
-    for entry in entries:
-        if entry.type == "chunk":
-            if current is None or entry.name != current.reg.name:
-                raise TOCError(f"chunk entry {entry.name!r} does not follow its file's reg entry")
-            current.parts.append(entry)
-        elif entry.type == "reg":
-            current = _FileChunks(entry)
-            files.append(current)
-        else:
-            current = None
-    return files
-
-
-def _check_tiling(file: _FileChunks) -> None:
-    """The chunks must cover [0, size) in order, without gaps or overlaps."""
-    size = file.reg.size
-    name = file.reg.name
-    if size == 0:
-        if len(file.parts) > 1 or file.reg.chunk_size or file.reg.chunk_offset:
-            raise TOCError(f"empty file {name!r} has chunks")
-        return
-    pos = 0
-    for i, part in enumerate(file.parts):
-        last = i == len(file.parts) - 1
-        if part.chunk_offset != pos:
-            raise TOCError(f"{name!r}: chunk at {part.chunk_offset} where {pos} was expected")
-        length = part.chunk_size if part.chunk_size else size - pos
-        if length <= 0 or pos + length > size or (last and pos + length != size):
-            raise TOCError(f"{name!r}: chunk of {part.chunk_size} at {pos} exceeds size {size}")
-        pos += length
-
-
-def _chunk_digest_fallback(files: list[_FileChunks]) -> bool:
-    """True when chunkDigests may be taken from whole-file digests (old single-chunk TOCs)."""
-    nonempty = [f for f in files if f.reg.size > 0]
-    if all(p.chunk_digest for f in nonempty for p in f.parts):
-        return False
-    if any(len(f.parts) > 1 for f in nonempty) or not all(f.reg.digest for f in nonempty):
-        raise TOCError("some chunks have no chunkDigest, so they can not be verified")
-    return True
-
-
-def build_chunks(
-    entries: Sequence[TOCEntry], data_end: int | None, limits: LimitsConfig | None = None
-) -> dict[str, tuple[Chunk, ...]]:
-    """Validate every file's data entries and turn them into Chunks, keyed by cleaned path."""
-    every_file = _data_entries(entries)
-    for f in every_file:
-        _check_tiling(f)
-    files = [f for f in every_file if f.reg.size > 0]
-    fallback = _chunk_digest_fallback(files)
-    limit = data_end if data_end is not None else 1 << 63
-    layout = _BlobLayout(files, limit, limits or LimitsConfig())
-    out: dict[str, tuple[Chunk, ...]] = {}
-    for f in files:
-        out[f.reg.name] = tuple(
-            Chunk(f.reg.name, part.chunk_offset, part.chunk_size or f.reg.size - part.chunk_offset,
-                  part.offset, layout.member_end(part.offset), part.inner_offset,
-                  f.reg.digest if fallback else part.chunk_digest)
-            for part in f.parts
-        )
-    return out
-
-
-_Placed = tuple[int, int, int, int]  # offset, inner offset, file number, part number
-
-
-class _BlobLayout:
-    """Where the chunks sit in the blob, checked in blob order: each (member, inner offset)
-    used once, chunks sharing a member do not overlap, each member's decompressed extent and
-    compressed size are within limits.max_chunk_bytes (and twice that), and a file's chunks
-    lie one after another, in file order, as every writer lays them out."""
-
-    def __init__(self, files: list[_FileChunks], data_end: int, limits: LimitsConfig) -> None:
-        self._files = files
-        self._data_end = data_end
-        self._max = limits.max_chunk_bytes
-        offsets = sorted({part.offset for f in files for part in f.parts})
-        # where the member (or frame) starting at an offset ends: the next one's start
-        self._ends = dict(zip(offsets, [*offsets[1:], data_end], strict=False))
-        self._check(self._in_blob_order())
-
-    def member_end(self, offset: int) -> int:
-        return self._ends[offset]
-
-    def _in_toc_order(self) -> Iterator[_Placed]:
-        for fi, f in enumerate(self._files):
-            for pi, part in enumerate(f.parts):
-                yield part.offset, part.inner_offset, fi, pi
-
-    def _in_blob_order(self) -> Iterable[_Placed]:
-        """The chunks by position; usually the TOC's own order, which needs no sorting."""
-        previous = (-1, -1)
-        for placed in self._in_toc_order():
-            if placed[:2] <= previous:
-                return sorted(self._in_toc_order())
-            previous = placed[:2]
-        return self._in_toc_order()
-
-    def _check(self, placed: Iterable[_Placed]) -> None:
-        files = self._files
-        previous: _Placed = (-1, -1, -1, -1)
-        inner_end = 0  # where the previous chunk in the same member ends
-        for offset, inner, fi, pi in placed:
-            f = files[fi]
-            name = f.reg.name
-            if offset >= self._data_end:
-                raise TOCError(f"{name!r}: offset {offset} is past the data end {self._data_end}")
-            if offset == previous[0] and inner < inner_end:
-                raise TOCError(f"{name!r}: offset {offset} is used by two chunks")
-            follows = fi == previous[2] and pi == previous[3] + 1
-            starts = pi == 0 and (
-                previous[2] < 0 or previous[3] == len(files[previous[2]].parts) - 1)
-            if not (follows or starts):
-                raise TOCError(f"{name!r}: its chunks are not laid out in order in the blob")
-            part = f.parts[pi]
-            inner_end = inner + (part.chunk_size or f.reg.size - part.chunk_offset)
-            self._check_size(name, part, offset, inner_end)
-            previous = (offset, inner, fi, pi)
-
-    def _check_size(self, name: str, part: TOCEntry, offset: int, extent: int) -> None:
-        if extent > self._max:
-            raise TOCError(
-                f"{name!r}: the chunk at {part.chunk_offset} needs {extent} decompressed bytes, "
-                f"more than the limit of {self._max} (limits.max_chunk_bytes)")
-        compressed = self.member_end(offset) - offset
-        if compressed > 2 * self._max:
-            raise TOCError(
-                f"{name!r}: the chunk at {part.chunk_offset} is in {compressed} compressed "
-                f"bytes, more than the limit of {2 * self._max} (2 x limits.max_chunk_bytes)")
