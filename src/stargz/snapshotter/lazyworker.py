@@ -2,32 +2,40 @@
 the process's LayerService and the FUSE mount of every lazy layer on it.
 
 Loaded when the worker starts (``LazyLayers.warm_up`` or the first hook call), not with the
-snapshotter: pyfuse3 and the registry client take a few hundred milliseconds to import.
+snapshotter: pyfuse3 and the registry client take a few hundred milliseconds to import. The
+worker is ready once the layer service is: the FUSE mount's modules (pyfuse3 with trio,
+prometheus_client) load on a thread behind it, so a first Prepare starts resolving its layer
+(a network wait) while they load, instead of waiting for them.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager, AsyncExitStack
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import anyio.abc
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from stargz.fs.metrics import FSMetrics
-from stargz.fs.mount import LazyFS, cleanup_stale
-from stargz.fs.view import LayerView
 from stargz.layer.service import LayerService
 from stargz.registry.client import RegistryClient
 from stargz.registry.credentials import CredentialStore
-from stargz.registry.hosts import HostsConfig, verifying_context
+from stargz.registry.hosts import HostsConfig
+from stargz.registry.session import warm_up
 from stargz.remote.fetcher import retry_policy
 from stargz.snapshotter.lazy import LayerSource, LazySettings, layer_dirname
 from stargz.trace import event, span
+
+if TYPE_CHECKING:
+    from stargz.fs.metrics import FSMetrics
+    from stargz.fs.mount import LazyFS
+    from stargz.fs.view import LayerView
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +89,7 @@ class LazyMounts:
         self._fs_ended: anyio.Event | None = None
         self._mount_lock = anyio.Lock()
         self._digests: dict[str, str] = {}  # directory name -> layer digest
-        # One set of metrics for the process, served from the start (as the reference does),
-        # so fallbacks and registry timings show before any layer is mounted lazily.
-        self.metrics = FSMetrics(self._layer_directories)
+        self.metrics: FSMetrics | None = None  # one set for the process (see __aenter__)
 
     async def __aenter__(self) -> LazyMounts:
         settings = self.settings
@@ -93,14 +99,23 @@ class LazyMounts:
         # Credentials as a user's: $STARGZ_USERNAME/$STARGZ_PASSWORD, then the Docker config.
         registry = RegistryClient(hosts, CredentialStore.from_environment(),
                                   retry=retry_policy(settings.layer.blob))
-        # built here, while the daemon starts, rather than by the first registry request
-        await anyio.to_thread.run_sync(verifying_context)
         service = LayerService(settings.layer, registry, owns_registry=True)
         self._service = await self._stack.enter_async_context(service)
         self._group = await self._stack.enter_async_context(anyio.create_task_group())
+        # loaded while the daemon starts, rather than by the first request or mount
+        self._group.start_soon(anyio.to_thread.run_sync, _preload)
         if settings.metrics_address:
-            self.metrics.serve(settings.metrics_address)
+            # served from the start (as the reference does), so fallbacks and registry
+            # timings show before any layer is mounted lazily
+            self._metrics().serve(settings.metrics_address)
         return self
+
+    def _metrics(self) -> FSMetrics:
+        if self.metrics is None:
+            from stargz.fs.metrics import FSMetrics
+
+            self.metrics = FSMetrics(self._layer_directories)
+        return self.metrics
 
     def _layer_directories(self) -> list[tuple[str, LayerView]]:
         return self._fs.layer_directories() if self._fs is not None else []
@@ -194,10 +209,12 @@ class LazyMounts:
             if self._fs is not None and self._fs_ended is not None and not self._fs_ended.is_set():
                 return self._fs
             mountpoint = self.settings.mountpoint
+            # on a thread: should the preload be importing it, this waits there, not the loop
+            mount = await anyio.to_thread.run_sync(_mount_module)
             # a killed daemon's dead mount: stat(2) on it fails with ENOTCONN until unmounted
-            await anyio.to_thread.run_sync(cleanup_stale, mountpoint)
+            await anyio.to_thread.run_sync(mount.cleanup_stale, mountpoint)
             await anyio.to_thread.run_sync(partial(mountpoint.mkdir, parents=True, exist_ok=True))
-            fs = LazyFS(mountpoint, metrics=self.metrics)
+            fs: LazyFS = mount.LazyFS(mountpoint, metrics=self._metrics())
             assert self._group is not None
             self._fs_ended = await self._group.start(self._keep_mounted, fs)
             self._fs = fs
@@ -211,3 +228,16 @@ class LazyMounts:
         async with fs.running(MOUNT_TIMEOUT_S) as ended:
             task_status.started(ended)
             await ended.wait()
+
+
+def _mount_module() -> ModuleType:
+    """stargz.fs.mount, with stargz.fs.metrics that its mount needs (see _metrics)."""
+    importlib.import_module("stargz.fs.metrics")
+    return importlib.import_module("stargz.fs.mount")
+
+
+def _preload() -> None:
+    """What the first Prepare needs after its resolution: the HTTP stack's lazy parts and
+    the FUSE mount's modules."""
+    warm_up()
+    _mount_module()
