@@ -27,7 +27,6 @@ import grpc
 
 from stargz import logs, trace
 from stargz.config import FileConfig, load_file_config
-from stargz.cri.proxy import settings_from_config as cri_settings_from_config
 from stargz.errors import ConfigError, RuntimeIntegrationError, StargzError
 from stargz.snapshotter.api import snapshots_pb2_grpc
 from stargz.snapshotter.remote import RemoteLayers
@@ -254,6 +253,17 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
+def _cri_settings(file: FileConfig, where: str) -> CriKeychainSettings | None:
+    """The CRI keychain's settings; its module (the registry client, the CRI API) is loaded
+    only when it is enabled, so the socket comes sooner (the lazy worker loads the registry
+    client on its own thread)."""
+    if not file.cri_keychain.enable_keychain:
+        return None
+    from stargz.cri.proxy import settings_from_config
+
+    return settings_from_config(file, where)
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; 0 on a clean stop, 2 for a bad config, 1 otherwise."""
     try:
@@ -270,7 +280,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         remote = lazy_from_config(file, config.root, str(args.config or "defaults"))
         if remote is not None:  # the worker loads (pyfuse3, httpx) while containerd starts and
             remote.warm_up()  # connects: the first Prepare then finds it ready
-        run(config, remote, cri_settings_from_config(file, str(args.config)))
+        run(config, remote, _cri_settings(file, str(args.config)))
     except (StargzError, OSError) as err:  # one shape for every start-up failure
         print(f"stargz: error: {_one_line(err)}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
