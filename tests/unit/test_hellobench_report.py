@@ -144,7 +144,7 @@ def test_markdown_has_a_table_per_link_the_limits_and_the_failures() -> None:
 def test_the_plan_pairs_full_runtimes_with_gzip_and_lazy_ones_with_the_rest() -> None:
     trials = runner.plan(["python", "gcc"], ["gzip", "estargz", "estargz-optimized"],
                          ["containerd-full", "containerd-ours", "podman-go"],
-                         [SHAPED.name, LOOPBACK.name], samples=3, seed=1)
+                         [SHAPED, LOOPBACK], samples=3, seed=1)
     cells = {(t.image, t.variant, t.runtime, t.link) for t in trials}
     assert len(trials) == 2 * 2 * 3 * (1 + 2 + 2)
     assert len(cells) * 3 == len(trials)
@@ -154,12 +154,35 @@ def test_the_plan_pairs_full_runtimes_with_gzip_and_lazy_ones_with_the_rest() ->
         ("podman-go", "estargz-optimized")}
     again = runner.plan(["python", "gcc"], ["gzip", "estargz", "estargz-optimized"],
                         ["containerd-full", "containerd-ours", "podman-go"],
-                        [SHAPED.name, LOOPBACK.name], samples=3, seed=1)
+                        [SHAPED, LOOPBACK], samples=3, seed=1)
     assert again == trials
     other = runner.plan(["python", "gcc"], ["gzip", "estargz", "estargz-optimized"],
                         ["containerd-full", "containerd-ours", "podman-go"],
-                        [SHAPED.name, LOOPBACK.name], samples=3, seed=2)
+                        [SHAPED, LOOPBACK], samples=3, seed=2)
     assert other != trials and sorted(map(repr, other)) == sorted(map(repr, trials))
+
+
+def test_the_unshaped_link_may_keep_lazy_runtimes_to_the_headline_variant() -> None:
+    trials = runner.plan(["python"], ["gzip", "estargz", "estargz-optimized"],
+                         ["containerd-full", "containerd-ours"], [SHAPED, LOOPBACK], samples=1,
+                         seed=1, unshaped_variants=["estargz-optimized"])
+    assert sorted((t.link, t.runtime, t.variant) for t in trials) == [
+        (SHAPED.name, "containerd-full", "gzip"), (SHAPED.name, "containerd-ours", "estargz"),
+        (SHAPED.name, "containerd-ours", "estargz-optimized"),
+        (LOOPBACK.name, "containerd-full", "gzip"),
+        (LOOPBACK.name, "containerd-ours", "estargz-optimized")]
+
+
+def test_the_estimate_adds_the_bytes_over_the_link_to_the_overhead() -> None:
+    pushed = {("python", "gzip"): _pushed("gzip", 50_000_000, total=50_000_000),
+              ("python", "estargz"): _pushed("estargz", 5_000_000)}
+    rates = {SHAPED.name: 100.0, LOOPBACK.name: None}
+    full = runner.Trial("python", "gzip", "containerd-full", SHAPED.name, 0)
+    lazy = runner.Trial("python", "estargz", "containerd-ours", SHAPED.name, 0)
+    assert runner.estimate_s(full, pushed, rates) == pytest.approx(
+        runner.OVERHEAD_S["containerd-full"] + 4.0 + 50 * runner.UNPACK_S_PER_MB)
+    assert runner.estimate_s(lazy, pushed, rates) == pytest.approx(
+        runner.OVERHEAD_S["containerd-ours"] + 0.4)
 
 
 class _Link:
@@ -229,3 +252,10 @@ def test_the_chart_shows_each_runtimes_headline_variant(tmp_path: Path) -> None:
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", data[16:24])
     assert width > 500 and height > 300
+
+
+def test_the_command_offers_the_images_the_builder_knows() -> None:
+    from stargz.cli.bench import IMAGES
+    from stargz.hellobench.images import IMAGE_NAMES
+
+    assert IMAGES == IMAGE_NAMES

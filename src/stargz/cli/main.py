@@ -22,6 +22,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from stargz import logs
 from stargz.cli import (
+    bench,
     blob,
     convert,
     fusemanager,
@@ -48,6 +49,7 @@ OPTIONAL_MODULES = {
 
 # Command groups, in the order `stargz --help` lists them. Later groups add themselves here.
 GROUPS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
+    bench.register,
     blob.register,
     convert.register,
     fusemanager.register,

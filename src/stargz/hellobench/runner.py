@@ -4,15 +4,18 @@ Which runtime runs which variant (the table's rows): a full runtime (``*-full``)
 image, the baseline every lazy row is compared with; a lazy runtime (``*-ours``, ``*-go``) runs
 each lazy variant (the eStargz and zstd:chunked ones). A lazy runtime on the gzip image would only
 fall back to a full pull, and a full runtime on a lazy variant would only pull a bigger gzip
-image, so neither is planned. Every sample starts its runtime from a cold state
-(``Runtime.start``), measures one pull+create+run through the emulated link, and stops it; a
-sample that fails is recorded with its one-line error and the run goes on.
+image, so neither is planned. On an unshaped link the lazy runtimes may be limited to the
+headline variant (``unshaped_variants``): there the table shows the machine's own cost, which
+one variant shows as well as four, and the full run keeps to 30 minutes.
+Every sample starts its runtime from a cold state (``Runtime.start``), measures one
+pull+create+run through the emulated link, and stops it; a sample that fails is recorded with
+its one-line error and the run goes on.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,15 +28,17 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from stargz.hellobench.model import PHASES, PushedVariant, Runtime, Sample, Workload
+from stargz.hellobench.model import PHASES, Link, PushedVariant, Runtime, Sample, Workload
 from stargz.printable import printable
 
 FULL_VARIANT = "gzip"
-# Seconds a sample costs beyond moving its bytes, measured on this 2-core machine: daemons
-# started cold (page cache dropped), container created, workload run, everything stopped.
-OVERHEAD_S = {"full": 4.0, "ours": 6.0, "go": 5.0}
-UNSHAPED_MBIT = 800.0  # what a full pull over loopback reaches here (gzip and unpack bound)
-UNPACK_S_PER_MB = 0.03  # a full pull's decompress + unpack, per compressed MB
+# Wall seconds a sample costs besides moving and unpacking its bytes, per runtime, measured on
+# this 2-core machine under load (start cold: roots wiped, page cache dropped, daemons started;
+# create; run; stop): what the estimate printed before a run adds up.
+OVERHEAD_S = {"containerd-full": 3.5, "containerd-ours": 5.5, "containerd-go": 3.0,
+              "podman-full": 3.5, "podman-ours": 5.0, "podman-go": 3.0}
+UNSHAPED_MBIT = 1000.0  # loopback: a full pull is bound by decompressing and unpacking
+UNPACK_S_PER_MB = 0.08  # a full pull's decompress + unpack, per compressed MB
 
 
 class Endpoint(Protocol):
@@ -68,26 +73,38 @@ def runs(runtime: str, variant: str) -> bool:
 
 
 def plan(images: Sequence[str], variants: Sequence[str], runtimes: Sequence[str],
-         links: Sequence[str], samples: int, seed: int) -> list[Trial]:
-    """Every trial, in a random order fixed by ``seed``."""
-    trials = [Trial(image, variant, runtime, link, index)
+         links: Sequence[Link], samples: int, seed: int,
+         unshaped_variants: Collection[str] | None = None) -> list[Trial]:
+    """Every trial, in a random order fixed by ``seed``; on a link without a rate the lazy
+    runtimes run only ``unshaped_variants`` (None: every lazy variant)."""
+    trials = [Trial(image, variant, runtime, link.name, index)
               for image in images for variant in variants for runtime in runtimes
-              if runs(runtime, variant) for link in links for index in range(samples)]
+              if runs(runtime, variant) for link in links
+              if _on_link(runtime, variant, link, unshaped_variants)
+              for index in range(samples)]
     random.Random(seed).shuffle(trials)
     return trials
 
 
+def _on_link(runtime: str, variant: str, link: Link,
+             unshaped_variants: Collection[str] | None) -> bool:
+    return (is_full(runtime) or link.rate_mbit is not None or unshaped_variants is None
+            or variant in unshaped_variants)
+
+
 def estimate_s(trial: Trial, pushed: Mapping[tuple[str, str], PushedVariant],
                rates: Mapping[str, float | None]) -> float:
-    """Rough seconds one trial takes: its overhead plus its bytes over the link."""
+    """Rough wall seconds one trial takes: its overhead plus its bytes over the link (and, for
+    a full pull, their unpacking)."""
+    overhead = OVERHEAD_S.get(trial.runtime, 5.0)
     variant = pushed.get((trial.image, trial.variant))
-    overhead = OVERHEAD_S[trial.runtime.rsplit("-", 1)[-1]] if "-" in trial.runtime else 5.0
     if variant is None:
         return overhead
-    rate = rates.get(trial.link) or UNSHAPED_MBIT
-    moved = variant.total_bytes if is_full(trial.runtime) else variant.needed_bytes
-    unpack = variant.total_bytes / 1e6 * UNPACK_S_PER_MB if is_full(trial.runtime) else 0.0
-    return overhead + moved * 8 / (rate * 1e6) + unpack
+    rate_bytes_s = (rates.get(trial.link) or UNSHAPED_MBIT) * 1e6 / 8
+    if is_full(trial.runtime):
+        return (overhead + variant.total_bytes / rate_bytes_s
+                + variant.total_bytes / 1e6 * UNPACK_S_PER_MB)
+    return overhead + variant.needed_bytes / rate_bytes_s
 
 
 def run_trial(trial: Trial, order: int, *, runtime: Runtime, link: Endpoint,
@@ -158,6 +175,11 @@ class ProgressBar:
 
     def finished(self, trial: Trial, sample: Sample) -> None:
         self.failed += not sample.ok
+        outcome = (f"{sample.total_s:.2f} s, {sample.fetched_bytes / 1e6:.1f} MB" if sample.ok
+                   else f"failed: {sample.error}")
+        self.progress.console.print(
+            f"[{sample.order + 1}/{len(self.estimates)}] {trial.image}/{trial.variant} "
+            f"{trial.runtime} @ {trial.link}: {outcome}", markup=False, highlight=False)
         self.progress.update(self.task, advance=self.estimates.get(trial, 0.0),
                              failed=f" {self.failed} failed" if self.failed else "")
 
