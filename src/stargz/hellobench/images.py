@@ -78,14 +78,14 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
         Workload(("python3", "-c", 'print("hello")'), "hello", (PATH,)),
     ),
     Recipe(
-        "gcc", 1, "gcc compiles /src/hello.c and runs it (bookworm + gcc, libc6-dev)",
+        "gcc", 2, "gcc compiles /src/hello.c and runs it (bookworm + gcc, libc6-dev)",
         Workload(("sh", "-c", "gcc -o /tmp/hello /src/hello.c && /tmp/hello"),
                  "hello from gcc", (PATH,)),
         packages=("gcc", "libc6-dev"),
         files={"src/hello.c": (HELLO_C, 0o644)},
     ),
     Recipe(
-        "server", 1, "PostgreSQL 15 (cluster initialised at build time), ready when it "
+        "server", 2, "PostgreSQL 15 (cluster initialised at build time), ready when it "
         "accepts connections on its Unix socket",
         # postgres logs to stderr: 2>&1 so that watchers of stdout (stargz optimize
         # --wait-on-line, ctr-remote) see the ready line too
@@ -105,7 +105,7 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
     # scipy brings its compiler (pythran: gcc, boost, python3-dev); matplotlib would bring
     # another 700 MB (1.3 GB in all, too slow to pull whole several times in a 30-minute run)
     Recipe(
-        "large", 2, "numpy, scipy and pandas with their dependencies (pythran, gcc, boost); "
+        "large", 3, "numpy, scipy and pandas with their dependencies (pythran, gcc, boost); "
         "the workload, python3 printing hello, reads little of it",
         Workload(("python3", "-c", 'print("hello")'), "hello", (PATH,)),
         packages=("python3-scipy", "python3-pandas"),

@@ -7,8 +7,10 @@ as one more layer, so an image is built the way a Dockerfile builds it: a base, 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -43,6 +45,7 @@ class LayeredImage:
             _umoci("init", "--layout", str(layout))
         _umoci("new", "--image", self.image)
         _umoci("unpack", "--image", self.image, str(self.bundle))
+        self._committed: dict[str, int] | None = None  # path -> ctime at the last commit
 
     def __enter__(self) -> LayeredImage:
         return self
@@ -52,9 +55,15 @@ class LayeredImage:
         self._scratch.cleanup()
 
     def commit(self) -> None:
-        """One layer of what changed in ``rootfs`` since the last commit."""
+        """One layer of what changed in ``rootfs`` since the last commit, with the parent
+        directories of every change, as Docker's builder writes them (umoci leaves out the
+        unchanged ones, and ctr-remote 0.12 can not order a layer whose files' parents are
+        missing: "failed to sort tar entries: file: "usr": not found")."""
+        if self._committed is not None:
+            _touch_parents_of_changes(self.rootfs, self._committed)
         # --refresh-bundle: the next commit diffs against this one, not against the empty base
         _umoci("repack", "--refresh-bundle", "--image", self.image, str(self.bundle))
+        self._committed = _tree_state(self.rootfs)
 
     def configure(self, cmd: Sequence[str], env: Sequence[str] = (), workdir: str = "/") -> None:
         args = ["config", "--image", self.image, "--config.workingdir", workdir]
@@ -63,6 +72,30 @@ class LayeredImage:
         for pair in env:
             args += ["--config.env", pair]
         _umoci(*args)
+
+
+def _tree_state(root: Path) -> dict[str, int]:
+    """Every path under `root` with its ctime (which any change of contents or metadata sets)."""
+    state = {}
+    for directory, dirs, files in os.walk(root):
+        for name in (*dirs, *files):
+            path = os.path.join(directory, name)
+            state[os.path.relpath(path, root)] = os.lstat(path).st_ctime_ns
+    return state
+
+
+def _touch_parents_of_changes(root: Path, before: dict[str, int]) -> None:
+    """Give every ancestor directory of a changed, new or removed path a new mtime, so the
+    next diff carries it."""
+    after = _tree_state(root)
+    changed = {path for path, ctime in after.items() if before.get(path) != ctime}
+    changed |= before.keys() - after.keys()
+    parents = {str(parent) for path in changed for parent in Path(path).parents
+               if str(parent) != "."}
+    now = time.time_ns()
+    for parent in sorted(parents):
+        if (root / parent).is_dir() and not (root / parent).is_symlink():
+            os.utime(root / parent, ns=(now, now), follow_symlinks=False)
 
 
 def make_oci_image(

@@ -97,7 +97,9 @@ class Converter:
     def layout(self, variant: str) -> Path:
         if variant == "gzip":
             return self.image.layout
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self.directory.exists():
+            self._remove_stale()
+            self.directory.mkdir(parents=True, exist_ok=True)
         if variant == "zstdchunked-optimized":
             self.record()  # first: the conversion reads it
         build = {
@@ -117,6 +119,12 @@ class Converter:
             self.progress(f"converted {self.image.name} to {variant} in {seconds:g} s")
 
         return cached_path(self.directory, variant, timed) / "layout"
+
+    def _remove_stale(self) -> None:
+        """Variants of an older build of the image (or an older recipe): never used again."""
+        for old in self.directory.parent.glob(f"{self.image.name}-*-v*"):
+            if old != self.directory:
+                shutil.rmtree(old, ignore_errors=True)
 
     def record(self) -> Path:
         """The access record of the estargz-optimized run (made by converting it)."""
