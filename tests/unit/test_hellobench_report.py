@@ -5,6 +5,7 @@ reference, the physical limit, the CSV round trip, the markdown's shape; the run
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -235,6 +236,26 @@ def test_a_trial_counts_its_own_bytes_and_a_failure_is_recorded(fail: bool) -> N
         assert sample.error == "OSError: ctr: exit status 1 second line"
     else:
         assert sample.fetched_bytes == 1234 and sample.total_s == 1.75
+
+
+class _CleanupFetchRuntime(_ScriptedRuntime):
+    """Ready 0.2 s after the call (its phases say), then a clean-up of 1.5 s after which a
+    background fetch sends 5 MB more before run returns."""
+
+    def run(self, variant: PushedVariant, workload: Workload) -> Mapping[str, float]:
+        self.link.served_bytes += 1000
+        time.sleep(1.5)
+        self.link.served_bytes += 5_000_000
+        time.sleep(0.1)
+        return {"pull": 0.2, "create": 0.0, "run": 0.0}
+
+
+def test_bytes_are_counted_to_the_ready_line_not_through_the_clean_up() -> None:
+    link = _Link()
+    trial = runner.Trial("python", "estargz", "podman-ours", SHAPED.name, 0)
+    sample = runner.run_trial(trial, 0, runtime=_CleanupFetchRuntime(link, False), link=link,
+                              variant=_pushed("estargz", 1), workload=Workload(("true",), ""))
+    assert sample.ok and sample.fetched_bytes == 1000
 
 
 def test_the_chart_shows_each_runtimes_headline_variant(tmp_path: Path) -> None:

@@ -15,6 +15,8 @@ its one-line error and the run goes on.
 from __future__ import annotations
 
 import random
+import threading
+import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -39,6 +41,8 @@ OVERHEAD_S = {"containerd-full": 3.5, "containerd-ours": 5.5, "containerd-go": 3
               "podman-full": 3.5, "podman-ours": 5.0, "podman-go": 3.0}
 UNSHAPED_MBIT = 1000.0  # loopback: a full pull is bound by decompressing and unpacking
 UNPACK_S_PER_MB = 0.08  # a full pull's decompress + unpack, per compressed MB
+TIMELINE_PERIOD_S = 0.02
+READY_SLACK_S = 0.1
 
 
 class Endpoint(Protocol):
@@ -107,17 +111,57 @@ def estimate_s(trial: Trial, pushed: Mapping[tuple[str, str], PushedVariant],
     return overhead + variant.needed_bytes / rate_bytes_s
 
 
+class ByteTimeline:
+    """The link's byte count sampled on a thread while a runtime runs, so that the bytes at the
+    workload's ready line can be read after the runtime's clean-up, during which a lazy layer
+    service starts its background fetch of whole layers (podman's clean-up takes seconds on a
+    loaded machine: 68 MB counted instead of 4.8 MB)."""
+
+    def __init__(self, link: Endpoint) -> None:
+        self.link = link
+        self.points: list[tuple[float, int]] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="byte timeline", daemon=True)
+
+    def __enter__(self) -> ByteTimeline:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while True:
+            self.points.append((time.monotonic(), self.link.served_bytes))
+            if self._done.wait(TIMELINE_PERIOD_S):
+                self.points.append((time.monotonic(), self.link.served_bytes))
+                return
+
+    def at(self, moment: float) -> int:
+        """The count at ``moment`` (the first sample at or after it)."""
+        return next((count for when, count in self.points if when >= moment),
+                    self.points[-1][1] if self.points else 0)
+
+
 def run_trial(trial: Trial, order: int, *, runtime: Runtime, link: Endpoint,
               variant: PushedVariant, workload: Workload) -> Sample:
-    """One cold sample; any failure is recorded in the sample, never raised (but ^C is)."""
+    """One cold sample; any failure is recorded in the sample, never raised (but ^C is).
+
+    Its bytes are those the registry sent from the pull's start to the workload's ready line:
+    the runtime's phases run back to back from the call of ``run``, so the ready line comes
+    at their sum after it (a little later: a few ms to spawn each command, READY_SLACK_S)."""
     sample = Sample(trial.image, trial.variant, trial.runtime, trial.link, index=trial.index,
                     order=order)
     try:
         try:
             runtime.start(link.host)
             link.reset()
-            seconds = runtime.run(variant, workload)
-            sample.fetched_bytes = link.served_bytes
+            with ByteTimeline(link) as timeline:
+                called = time.monotonic()
+                seconds = runtime.run(variant, workload)
+            ready = called + sum(seconds[phase] for phase in PHASES)
+            sample.fetched_bytes = timeline.at(ready + READY_SLACK_S)
         finally:
             runtime.stop()
         sample.seconds = {phase: float(seconds[phase]) for phase in PHASES}
