@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from stargz.errors import ConfigError
+from stargz.errors import ConfigError, RuntimeIntegrationError
 from stargz.hellobench.images import IMAGE_NAMES, RECIPES, build_images
 from stargz.hellobench.physical import (
     LayerBlob,
@@ -23,7 +23,7 @@ from stargz.hellobench.physical import (
     footer_and_toc_bytes,
     physical_limit,
 )
-from stargz.hellobench.variants import optimize_flags, push_variants
+from stargz.hellobench.variants import check_workload_run, optimize_flags, push_variants
 from tests.unit.test_estargz_helpers import built, dir_, file, make_tar, symlink
 
 MANIFEST, CONFIG = 900, 1500
@@ -158,3 +158,16 @@ def test_the_workloads_stop_at_their_ready_lines() -> None:
         entrypoint = json.loads(flags[flags.index("--entrypoint") + 1])
         args = json.loads(flags[flags.index("--args") + 1])
         assert tuple(entrypoint + args) == recipe.workload.argv
+
+
+def test_an_optimize_run_counts_only_if_the_workload_ran_as_it_should() -> None:
+    stopped = "stargz: the workload was stopped: --wait-on-line seen; it opened 412 files of " \
+              "the image\n"
+    assert check_workload_run("converting...\n" + stopped).startswith("the workload was stop")
+    assert "exited with status 0" in check_workload_run(
+        "stargz: the workload exited with status 0; it opened 20 files of the image\n")
+    for bad in ("stargz: warning: the workload exited with status 1; it opened 3 files of the "
+                "image; converting with what it read\n",
+                "stargz: the workload was stopped: --period passed; it opened 9 files\n", ""):
+        with pytest.raises(RuntimeIntegrationError):
+            check_workload_run(bad)

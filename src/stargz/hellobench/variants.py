@@ -141,8 +141,10 @@ class Converter:
         _stargz("convert", "--oci", self._source(), f"oci:{out / 'layout'}:{TAG}")
 
     def _optimize(self, work: Path, out: Path) -> None:
-        _stargz("optimize", "--oci", *optimize_flags(self.image.workload), "--record-out",
-                str(out / RECORD), self._source(), f"oci:{out / 'layout'}:{TAG}")
+        output = _stargz("optimize", "--oci", *optimize_flags(self.image.workload),
+                         "--record-out", str(out / RECORD), self._source(),
+                         f"oci:{out / 'layout'}:{TAG}")
+        self.progress(f"{self.image.name}: {check_workload_run(output)}")
 
     def _optimize_zstd(self, work: Path, out: Path) -> None:
         _stargz("optimize", "--oci", "--zstd-chunked", "--record-in", str(self.record()),
@@ -235,15 +237,29 @@ def _layer_blob(layout: Path, descriptor: Mapping[str, object],
     return LayerBlob(size, open_blob(source).verify(str(toc_digest)))
 
 
-def _stargz(*args: str) -> None:
+def check_workload_run(optimize_stderr: str) -> str:
+    """`stargz optimize`'s line on how the workload ended; an error unless it exited with 0 or
+    printed its ready line: a record of a failed or hung run would give wrong figures."""
+    ends = [line for line in optimize_stderr.splitlines()
+            if line.startswith("stargz: ") and "the workload" in line]
+    if not ends:
+        raise RuntimeIntegrationError("stargz optimize did not say how the workload ended")
+    if "warning" in ends[-1] or "--period passed" in ends[-1]:
+        raise RuntimeIntegrationError(f"the workload did not run as it should: {ends[-1]}")
+    return ends[-1].removeprefix("stargz: ")
+
+
+def _stargz(*args: str) -> str:
     beside = Path(sys.executable).with_name("stargz")  # this environment's own CLI
-    _run([str(beside) if beside.exists() else "stargz", *args])
+    return _run([str(beside) if beside.exists() else "stargz", *args])
 
 
-def _run(argv: Sequence[str]) -> None:
+def _run(argv: Sequence[str]) -> str:
+    """Run `argv`; its stderr, or an error with its last line."""
     done = subprocess.run(argv, capture_output=True, text=True, timeout=CONVERT_TIMEOUT_S,
                           check=False)
     if done.returncode != 0:
         output = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
         raise RuntimeIntegrationError(f"{' '.join(argv[:3])} failed ({done.returncode}): "
                                       f"{output}")
+    return done.stderr
