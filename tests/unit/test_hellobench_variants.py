@@ -9,6 +9,8 @@ import gzip
 import hashlib
 import io
 import json
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -171,3 +173,30 @@ def test_an_optimize_run_counts_only_if_the_workload_ran_as_it_should() -> None:
                 "stargz: the workload was stopped: --period passed; it opened 9 files\n", ""):
         with pytest.raises(RuntimeIntegrationError):
             check_workload_run(bad)
+
+
+BUILD_ONCE = """
+import sys, time
+from pathlib import Path
+from stargz.hellobench.debian import cached_path
+
+def build(work: Path, out: Path) -> None:
+    with open(sys.argv[2], "a") as log:
+        log.write("built\\n")
+    time.sleep(0.5)  # both processes are waiting on the lock or building by now
+    out.mkdir()
+    (out / "layout").write_text("done")
+
+print(cached_path(Path(sys.argv[1]), "image-v1", build))
+"""
+
+
+def test_concurrent_builds_of_one_cache_entry_build_it_once(tmp_path: Path) -> None:
+    cache, log = tmp_path / "cache", tmp_path / "builds.log"
+    runs = [subprocess.Popen([sys.executable, "-c", BUILD_ONCE, str(cache), str(log)],
+                             stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [run.communicate(timeout=60)[0].strip() for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0]
+    assert outputs == [str(cache / "image-v1")] * 3
+    assert log.read_text() == "built\n"
+    assert sorted(p.name for p in cache.iterdir()) == [".image-v1.lock", "image-v1"]
