@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -19,6 +20,7 @@ import zstandard
 
 from stargz.errors import ConfigError, RuntimeIntegrationError
 from stargz.hellobench.images import IMAGE_NAMES, RECIPES, build_images
+from stargz.hellobench.oci import touch_parents_of_changes, tree_state
 from stargz.hellobench.physical import (
     LayerBlob,
     accessed_spans,
@@ -200,3 +202,22 @@ def test_concurrent_builds_of_one_cache_entry_build_it_once(tmp_path: Path) -> N
     assert outputs == [str(cache / "image-v1")] * 3
     assert log.read_text() == "built\n"
     assert sorted(p.name for p in cache.iterdir()) == [".image-v1.lock", "image-v1"]
+
+
+def test_every_parent_of_a_change_is_touched_so_the_next_layer_carries_it(
+        tmp_path: Path) -> None:
+    for directory in ("usr/lib/python3/dist-packages", "usr/share/doc", "etc/apt", "var/log"):
+        (tmp_path / directory).mkdir(parents=True)
+    (tmp_path / "var/log/old.log").write_text("old")
+    old = 1_600_000_000_000_000_000
+    for directory in tmp_path.rglob("*"):
+        os.utime(directory, ns=(old, old))
+    before = tree_state(tmp_path)
+    (tmp_path / "usr/lib/python3/dist-packages/numpy").mkdir()
+    (tmp_path / "usr/lib/python3/dist-packages/numpy/core.py").write_text("x = 1\n")
+    (tmp_path / "var/log/old.log").unlink()
+    touch_parents_of_changes(tmp_path, before)
+    touched = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")
+               if p.is_dir() and p.stat().st_mtime_ns != old}
+    assert touched == {"usr", "usr/lib", "usr/lib/python3", "usr/lib/python3/dist-packages",
+                       "usr/lib/python3/dist-packages/numpy", "var", "var/log"}

@@ -60,10 +60,10 @@ class LayeredImage:
         unchanged ones, and ctr-remote 0.12 can not order a layer whose files' parents are
         missing: "failed to sort tar entries: file: "usr": not found")."""
         if self._committed is not None:
-            _touch_parents_of_changes(self.rootfs, self._committed)
+            touch_parents_of_changes(self.rootfs, self._committed)
         # --refresh-bundle: the next commit diffs against this one, not against the empty base
         _umoci("repack", "--refresh-bundle", "--image", self.image, str(self.bundle))
-        self._committed = _tree_state(self.rootfs)
+        self._committed = tree_state(self.rootfs)
 
     def configure(self, cmd: Sequence[str], env: Sequence[str] = (), workdir: str = "/") -> None:
         args = ["config", "--image", self.image, "--config.workingdir", workdir]
@@ -74,7 +74,7 @@ class LayeredImage:
         _umoci(*args)
 
 
-def _tree_state(root: Path) -> dict[str, int]:
+def tree_state(root: Path) -> dict[str, int]:
     """Every path under `root` with its ctime (which any change of contents or metadata sets)."""
     state = {}
     for directory, dirs, files in os.walk(root):
@@ -84,10 +84,10 @@ def _tree_state(root: Path) -> dict[str, int]:
     return state
 
 
-def _touch_parents_of_changes(root: Path, before: dict[str, int]) -> None:
+def touch_parents_of_changes(root: Path, before: dict[str, int]) -> None:
     """Give every ancestor directory of a changed, new or removed path a new mtime, so the
     next diff carries it."""
-    after = _tree_state(root)
+    after = tree_state(root)
     changed = {path for path, ctime in after.items() if before.get(path) != ctime}
     changed |= before.keys() - after.keys()
     parents = {str(parent) for path in changed for parent in Path(path).parents
