@@ -19,6 +19,7 @@ from stargz.errors import (
 )
 from stargz.estargz.reader import TAIL_READ
 from stargz.layer import Layer
+from stargz.layer.layer import _by_compressed_size
 from stargz.remote import CountingFetcher, FileBlobFetcher, Range
 from tests.unit.test_layer_helpers import (
     LAYER_DIGEST,
@@ -336,3 +337,25 @@ def test_concurrent_reads_of_several_files_go_out_as_one_multi_range_request(
     assert asyncio.run(go()) == [built.files[n][:20000] for n in names]
     assert len(fetcher.requests) == 2
     assert len(fetcher.requests[1]) == 3  # one range per file (2 chunks each, adjacent)
+
+
+def test_a_big_load_is_decoded_in_runs_that_keep_each_member_whole(tmp_path: Path) -> None:
+    """A fetch of many members is decoded on several threads: every chunk still comes back
+    verified, and reads are then served from the cache with the exact bytes."""
+    built = big_layer(tmp_path)
+    fetcher = CountingFetcher(FileBlobFetcher(built.path))
+
+    async def go() -> None:
+        layer = await open_layer(built, fetcher, memory_cache())
+        chunks = layer.all_chunks
+        runs = _by_compressed_size(chunks, 2, 512 << 10)
+        assert len(runs) == 2 and [c for run in runs for c in run] == chunks
+        sizes = [sum(c.compressed_size for c in run) for run in runs]
+        assert min(sizes) > 0.3 * sum(sizes)
+        assert _by_compressed_size(chunks[:3], 2, 512 << 10) == [chunks[:3]]
+        found = await layer.load(chunks, "prefetch")
+        assert len(found) == len({c.digest for c in chunks})
+        for name, data in built.files.items():
+            assert await layer.read(name, 0, len(data)) == data
+
+    asyncio.run(go())
