@@ -239,5 +239,6 @@ def _mount_module() -> ModuleType:
 def _preload() -> None:
     """What the first Prepare needs after its resolution: the HTTP stack's lazy parts and
     the FUSE mount's modules."""
-    warm_up()
-    _mount_module()
+    with span("startup_preload"):
+        warm_up()
+        _mount_module()
