@@ -120,6 +120,20 @@ class Daemon:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def _wait_listening(self, address: Path, what: str) -> None:
+        """Until ``address`` accepts connections; if it never does, the daemon is stopped and
+        the error ends with the last line of its log (why it did not start)."""
+        assert self.proc is not None
+        try:
+            wait_for_socket(address, self.proc, what)
+        except RuntimeIntegrationError as err:
+            self.stop()
+            lines = self.log_text().strip().splitlines() or [""]
+            raise RuntimeIntegrationError(f"{err}: {lines[-1][-OUTPUT_TAIL:]}") from None
+        except BaseException:
+            self.stop()
+            raise
+
 
 # --- the registry ---------------------------------------------------------------------------
 
@@ -237,11 +251,7 @@ class SnapshotterProcess(Daemon):
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                          env=python_env(self.pythonpath))
-        try:
-            wait_for_socket(self.address, self.proc, "snapshotter")
-        except BaseException:
-            self.stop()
-            raise
+        self._wait_listening(self.address, "snapshotter")
 
 class GoSnapshotterProcess(SnapshotterProcess):
     """The Go reference's snapshotter: ``stargzd -address A -root R`` (peers' build.sh)."""
@@ -283,11 +293,7 @@ class Containerd(Daemon):
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(["containerd", "--config", str(config)], stdout=log,
                                          stderr=subprocess.STDOUT)
-        try:
-            wait_for_socket(self.address, self.proc, "containerd")
-        except BaseException:
-            self.stop()
-            raise
+        self._wait_listening(self.address, "containerd")
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "CONTAINERD_ADDRESS": str(self.address),
