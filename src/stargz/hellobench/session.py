@@ -98,7 +98,9 @@ def _run(args: argparse.Namespace, console: Console, work: Path, images: Mapping
         name: create_runtime(name, work / "runtimes" / name, args.peers)
         for name in args.runtimes}
     workloads = {name: image.workload for name, image in images.items()}
-    with Progress(*progress_columns(), console=console) as progress:
+    # off a terminal (CI, a log file) the line printed per sample is the progress
+    with Progress(*progress_columns(), console=console,
+                  disable=not console.is_terminal) as progress:
         bar = ProgressBar(progress, estimates)
         observer = _Keeper(bar, samples)
         run_plan(trials, runtimes=runtimes, links=relays, pushed=by_key, workloads=workloads,
