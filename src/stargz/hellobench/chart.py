@@ -9,6 +9,7 @@ matplotlib (the ``bench`` extra) is imported only here, when a chart is drawn.
 from __future__ import annotations
 
 import importlib.util
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,7 +65,7 @@ def write_chart(path: Path, cells: Sequence[Cell], links: Sequence[Link],
                if any(key[0] == image for row in rows for key in chosen[row.name])]
     if not rows:
         return
-    figure, panels = plt.subplots(len(rows), len(columns), squeeze=False,
+    figure, panels = plt.subplots(len(rows), len(columns), squeeze=False, layout="constrained",
                                   figsize=(max(6.0, 2.6 * len(columns) + 1), 3.4 * len(rows) + 0.8))
     for row, link in enumerate(rows):
         for column, image in enumerate(columns):
@@ -72,11 +73,12 @@ def write_chart(path: Path, cells: Sequence[Cell], links: Sequence[Link],
                 (image, link.name)))
         panels[row][0].set_ylabel(f"{link.name}\nseconds")
     handles, labels = _legend_entries(panels)
-    figure.legend(handles, labels, loc="upper right", fontsize=8, ncols=len(labels))
-    figure.suptitle("HelloBench: cold pull + create + run, medians", x=0.02, ha="left")
-    figure.text(0.01, 0.005, "\n".join(link.describe() for link in rows), fontsize=6,
-                va="bottom")
-    figure.tight_layout(rect=(0, 0.02 * len(rows) + 0.02, 1, 0.95))
+    figure.suptitle("HelloBench: cold pull + create + run, medians")
+    # inside the top right panel: its right-hand bars are the lazy ones, short
+    panels[0][-1].legend(handles, labels, loc="upper right", fontsize=7)
+    notes = [line for link in rows for line in textwrap.wrap(
+        link.describe(), width=int(figure.get_figwidth() * 22))]
+    figure.supxlabel("\n".join(notes), fontsize=6, x=0.01, ha="left")
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
