@@ -128,3 +128,33 @@ def measure_phases(commands: PhaseCommands, env: dict[str, str],
         for argv in commands.remove:
             quiet_command(argv, env)
     return seconds, attached.lines
+
+
+class ColdRuntime:
+    """What a runtime does around its daemons: ``start`` from an empty ``workdir`` with the
+    page cache dropped (``start_daemons``), ``stop`` them (``stop_daemons``) and remove it."""
+
+    def __init__(self, name: str, workdir: Path) -> None:
+        self.name = name
+        self.workdir = workdir
+        self.host = ""  # the registry, through the link
+        self.output: list[str] = []  # the last run's workload output
+
+    def start(self, registry_host: str) -> None:
+        self.host = registry_host
+        work = cold_directory(self.workdir)
+        try:
+            self.start_daemons(work)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        self.stop_daemons()
+        discard_directory(self.workdir)
+
+    def start_daemons(self, work: Path) -> None:
+        raise NotImplementedError
+
+    def stop_daemons(self) -> None:
+        raise NotImplementedError

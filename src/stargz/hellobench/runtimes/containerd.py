@@ -20,9 +20,8 @@ from stargz.hellobench.daemons import (
 from stargz.hellobench.model import PushedVariant, Workload
 from stargz.hellobench.runtimes.common import (
     CONTAINER,
+    ColdRuntime,
     PhaseCommands,
-    cold_directory,
-    discard_directory,
     env_flags,
     image_reference,
     measure_phases,
@@ -31,38 +30,29 @@ from stargz.hellobench.runtimes.common import (
 Snapshotter = Literal["overlayfs", "ours", "go"]
 
 
-class ContainerdRuntime:
+class ContainerdRuntime(ColdRuntime):
     """containerd with ``snapshotter``: containerd's overlayfs (a full pull), our snapshotter
     (``stargz.snapshotter.daemon``) or the Go stargzd (``stargzd`` binary)."""
 
     def __init__(self, name: str, workdir: Path, snapshotter: Snapshotter,
                  stargzd: Path | None = None) -> None:
-        self.name = name
-        self.workdir = workdir
+        super().__init__(name, workdir)
         self.snapshotter_kind = snapshotter
         self.stargzd = stargzd
-        self.host = ""
         self.snapshotter: SnapshotterProcess | None = None
         self.containerd: Containerd | None = None
-        self.output: list[str] = []  # the last run's workload output
         self.sockets: Path | None = None
 
-    def start(self, registry_host: str) -> None:
-        self.host = registry_host
-        work = cold_directory(self.workdir)
+    def start_daemons(self, work: Path) -> None:
         # the sockets in a short directory of their own: unix socket paths fit in 108 bytes
         self.sockets = Path(tempfile.mkdtemp(prefix="hellobench-"))
         sock = self.sockets / "snapshotter.sock"
-        try:
-            if self.snapshotter_kind != "overlayfs":  # first: containerd's gRPC backoff
-                self.snapshotter = self._snapshotter(work, sock)
-                self.snapshotter.start()
-            self.containerd = Containerd(work / "containerd", sock,
-                                         address=self.sockets / "containerd.sock")
-            self.containerd.start()
-        except BaseException:
-            self.stop()
-            raise
+        if self.snapshotter_kind != "overlayfs":  # first: containerd's gRPC backoff
+            self.snapshotter = self._snapshotter(work, sock)
+            self.snapshotter.start()
+        self.containerd = Containerd(work / "containerd", sock,
+                                     address=self.sockets / "containerd.sock")
+        self.containerd.start()
 
     def _snapshotter(self, work: Path, sock: Path) -> SnapshotterProcess:
         root, log = work / "snapshotter-root", work / "snapshotter.log"
@@ -90,15 +80,14 @@ class ContainerdRuntime:
                     ["ctr", "containers", "delete", CONTAINER])), env, workload.ready_line)
         return seconds
 
-    def stop(self) -> None:
-        """containerd, then the snapshotter (by PID), then the working directory."""
+    def stop_daemons(self) -> None:
+        """containerd, then the snapshotter (by PID), then their sockets."""
         if self.containerd is not None:
             self.containerd.stop()
             self.containerd = None
         if self.snapshotter is not None:
             self.snapshotter.stop()
             self.snapshotter = None
-        discard_directory(self.workdir)
         if self.sockets is not None:
             shutil.rmtree(self.sockets, ignore_errors=True)
             self.sockets = None

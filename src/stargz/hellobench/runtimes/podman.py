@@ -12,9 +12,8 @@ from stargz.hellobench.daemons_podman import GoStoreProcess, Podman, StoreProces
 from stargz.hellobench.model import PushedVariant, Workload
 from stargz.hellobench.runtimes.common import (
     CONTAINER,
+    ColdRuntime,
     PhaseCommands,
-    cold_directory,
-    discard_directory,
     env_flags,
     image_reference,
     measure_phases,
@@ -23,39 +22,30 @@ from stargz.hellobench.runtimes.common import (
 Store = Literal["none", "ours", "go"]
 
 
-class PodmanRuntime:
+class PodmanRuntime(ColdRuntime):
     """podman with its own storage, and with ``store`` as its additional layer store (``none``:
     every layer pulled in full)."""
 
     def __init__(self, name: str, workdir: Path, store: Store,
                  go_store: Path | None = None) -> None:
-        self.name = name
-        self.workdir = workdir
+        super().__init__(name, workdir)
         self.store_kind = store
         self.go_store = go_store
-        self.host = ""
         self.store: StoreProcess | GoStoreProcess | None = None
         self.podman: Podman | None = None
-        self.output: list[str] = []  # the last run's workload output
 
-    def start(self, registry_host: str) -> None:
-        self.host = registry_host
-        work = cold_directory(self.workdir)
-        try:
-            if self.store_kind == "ours":  # info: debug lines per read would slow it
-                self.store = StoreProcess(work / "store", work / "store-root",
-                                          work / "store.log", log_level="info")
-            elif self.store_kind == "go":
-                assert self.go_store is not None
-                self.store = GoStoreProcess(work / "store", work / "store-root",
-                                            work / "store.log", self.go_store)
-            if self.store is not None:
-                self.store.start()
-            self.podman = Podman(work / "podman",
-                                 layer_store=self.store.mountpoint if self.store else None)
-        except BaseException:
-            self.stop()
-            raise
+    def start_daemons(self, work: Path) -> None:
+        if self.store_kind == "ours":  # info: debug lines per read would slow it
+            self.store = StoreProcess(work / "store", work / "store-root", work / "store.log",
+                                      log_level="info")
+        elif self.store_kind == "go":
+            assert self.go_store is not None
+            self.store = GoStoreProcess(work / "store", work / "store-root", work / "store.log",
+                                        self.go_store)
+        if self.store is not None:
+            self.store.start()
+        self.podman = Podman(work / "podman",
+                             layer_store=self.store.mountpoint if self.store else None)
 
     def run(self, variant: PushedVariant, workload: Workload) -> Mapping[str, float]:
         assert self.podman is not None, "start() first"
@@ -71,13 +61,11 @@ class PodmanRuntime:
             remove=(["podman", "rm", "--force", CONTAINER],)), env, workload.ready_line)
         return seconds
 
-    def stop(self) -> None:
-        """podman's storage reset, then the store (by PID), then the working directory."""
+    def stop_daemons(self) -> None:
+        """podman's storage reset, then the store (by PID)."""
         if self.podman is not None:
             self.podman.reset()
             self.podman = None
         if self.store is not None:
             self.store.stop()
             self.store = None
-        discard_directory(self.workdir)
-
