@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from stargz.config import LimitsConfig
 from stargz.errors import TOCError
-from stargz.estargz.toc import NO_XATTRS, TOCEntry
+from stargz.estargz.toc import NO_XATTRS, TOCJSON, TOCEntry
 from stargz.estargz.tocparse import _parse_fast, parse_carefully, parse_entries
 
 D1 = "sha256:" + "1" * 64
@@ -37,7 +37,7 @@ def _outcome(parse: Any, raw: bytes) -> tuple[int, list[tuple[Any, ...]]] | str:
 def _same_either_way(raw: bytes) -> tuple[int, list[TOCEntry]] | None:
     """Both paths agree; returns what the fast path made (None: it turned the TOC down)."""
     assert _outcome(parse_entries, raw) == _outcome(parse_carefully, raw)
-    return _parse_fast(raw, LIMITS)
+    return _parse_fast(TOCJSON(raw), LIMITS)
 
 
 WRITERS_TOC = _toc(
@@ -122,3 +122,19 @@ _entry = st.fixed_dictionaries(
 @given(st.lists(_entry, max_size=8))
 def test_any_toc_gets_the_same_outcome_either_way(entries: list[dict[str, Any]]) -> None:
     _same_either_way(_toc(*entries))
+
+
+def test_the_json_is_let_go_of_once_decoded_and_made_again_if_needed() -> None:
+    made: list[bytes] = []
+
+    def again(raw: bytes) -> bytes:
+        made.append(raw)
+        return raw
+
+    handed = TOCJSON(WRITERS_TOC, lambda: again(WRITERS_TOC))
+    assert parse_entries(handed, LIMITS)[1] and made == []
+    assert handed._data is None  # nothing here keeps the JSON alive
+    unusual = _toc({"name": "a", "type": "dir", "size": None})
+    handed = TOCJSON(unusual, lambda: again(unusual))
+    assert [e.name for e in parse_entries(handed, LIMITS)[1]] == ["a"]
+    assert made == [unusual]  # made again for the careful path

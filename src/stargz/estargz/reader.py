@@ -12,7 +12,7 @@ import bisect
 import hashlib
 import logging
 import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from stargz.config import LimitsConfig
 from stargz.errors import (
@@ -39,6 +39,7 @@ from stargz.estargz.toc import (
     PREFETCH_LANDMARK,
     TOC,
     TOC_TAR_NAME,
+    TOCJSON,
     TOCEntry,
     clean_name,
     parse_toc,
@@ -72,13 +73,14 @@ def open_blob(source: RangeSource, limits: LimitsConfig | None = None) -> Unveri
         compressed = source.read_at(start, end - start)
     if footer.kind == "zstd-chunked":
         _check_skippable_header(source, footer, tail, tail_start)
-        toc_json = _zstd_toc_json(compressed, footer, max_toc)
-    else:
-        toc_json = _gzip_toc_json(compressed, max_toc)
-    del compressed, tail
-    toc = parse_toc(toc_json, footer.data_end, limits)
-    digest = "sha256:" + hashlib.sha256(toc_json).hexdigest()
-    return UnverifiedBlob(source, footer, toc, digest, toc_json)
+    del tail
+
+    def toc_json() -> bytes:
+        if footer.kind == "zstd-chunked":
+            return _zstd_toc_json(compressed, footer, max_toc)
+        return _gzip_toc_json(compressed, max_toc)
+
+    return _parsed(source, footer, toc_json, limits)
 
 
 def open_blob_external(source: RangeSource, toc_blob: bytes,
@@ -88,12 +90,22 @@ def open_blob_external(source: RangeSource, toc_blob: bytes,
     Only the TOC digest proves the two belong together, as for any TOC."""
     limits = limits or LimitsConfig()
     footer = external_footer(source.size)
-    if len(toc_blob) > limits.max_toc_bytes:
+    max_toc = limits.max_toc_bytes
+    if len(toc_blob) > max_toc:
         raise TOCError(f"TOC is {len(toc_blob)} bytes compressed, more than the limit of "
-                       f"{limits.max_toc_bytes} (limits.max_toc_bytes)")
-    toc_json = _gzip_toc_json(toc_blob, limits.max_toc_bytes)
-    toc = parse_toc(toc_json, footer.data_end, limits)
-    digest = "sha256:" + hashlib.sha256(toc_json).hexdigest()
+                       f"{max_toc} (limits.max_toc_bytes)")
+    return _parsed(source, footer, lambda: _gzip_toc_json(toc_blob, max_toc), limits)
+
+
+def _parsed(source: RangeSource, footer: Footer, toc_json: Callable[[], bytes],
+            limits: LimitsConfig) -> UnverifiedBlob:
+    """The TOC decompressed, digested and parsed; its JSON is let go of once decoded (and
+    made again from the compressed TOC if it is asked for)."""
+    data = toc_json()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    handed = TOCJSON(data, toc_json)
+    del data
+    toc = parse_toc(handed, footer.data_end, limits)
     return UnverifiedBlob(source, footer, toc, digest, toc_json)
 
 
@@ -165,14 +177,18 @@ def _zstd_toc_json(compressed: bytes, footer: Footer, max_toc: int) -> bytes:
 class UnverifiedBlob:
     """A blob whose TOC has been parsed but not yet matched against a trusted digest."""
 
-    def __init__(
-        self, source: RangeSource, footer: Footer, toc: TOC, toc_digest: str, toc_json: bytes
-    ) -> None:
+    def __init__(self, source: RangeSource, footer: Footer, toc: TOC, toc_digest: str,
+                 toc_json: Callable[[], bytes]) -> None:
         self._source = source
         self.footer = footer
         self.toc = toc
         self.toc_digest = toc_digest
-        self.toc_json = toc_json
+        self._toc_json = toc_json
+
+    @property
+    def toc_json(self) -> bytes:
+        """The TOC's JSON, as the blob holds it (decompressed again: not kept)."""
+        return self._toc_json()
 
     def verify(self, expected_toc_digest: str) -> VerifiedBlob:
         if expected_toc_digest != self.toc_digest:

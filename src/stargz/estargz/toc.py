@@ -12,7 +12,7 @@ import gc
 import json
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -97,6 +97,30 @@ class TOCEntry(msgspec.Struct, frozen=True, gc=False):
         return out
 
 
+class TOCJSON:
+    """A TOC's JSON handed to ``parse_toc``, which lets go of it as soon as it is decoded:
+    a big TOC's JSON is tens of megabytes, about what the entries decoded from it take, so
+    holding both would double the peak. ``again`` makes it again, for the rare TOC that needs
+    a second, careful decoding (without it, the bytes are kept)."""
+
+    def __init__(self, data: bytes, again: Callable[[], bytes] | None = None) -> None:
+        self._data: bytes | None = data
+        self._again = again
+
+    def peek(self) -> bytes:
+        return self.take() if self._data is None else self._data
+
+    def take(self) -> bytes:
+        """The JSON, no longer held here if it can be made again."""
+        data = self._data
+        if data is None:
+            assert self._again is not None
+            return self._again()
+        if self._again is not None:
+            self._data = None
+        return data
+
+
 @dataclass(frozen=True)
 class TOC:
     version: int
@@ -139,7 +163,7 @@ def format_modtime(epoch: int) -> str:
 
 
 def parse_toc(
-    raw: bytes, data_end: int | None = None, limits: LimitsConfig | None = None
+    raw: bytes | TOCJSON, data_end: int | None = None, limits: LimitsConfig | None = None
 ) -> TOC:
     """Parse and structurally validate TOC JSON.
 

@@ -25,7 +25,7 @@ import msgspec
 
 from stargz.config import LimitsConfig
 from stargz.errors import TOCError
-from stargz.estargz.toc import MODE_BITS, NO_XATTRS, TOCEntry, clean_name
+from stargz.estargz.toc import MODE_BITS, NO_XATTRS, TOCJSON, TOCEntry, clean_name
 
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}\Z")
 _UInt = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
@@ -108,15 +108,16 @@ class _DecodedTOC(msgspec.Struct, gc=False):
 _FAST_DECODER = msgspec.json.Decoder(_DecodedTOC)
 
 
-def parse_entries(raw: bytes, limits: LimitsConfig) -> tuple[int, list[TOCEntry]]:
+def parse_entries(raw: bytes | TOCJSON, limits: LimitsConfig) -> tuple[int, list[TOCEntry]]:
     """The TOC's version and its entries, checked one by one (not yet against each other)."""
+    json = raw if isinstance(raw, TOCJSON) else TOCJSON(raw)
     # Decoding makes an object per JSON object: count them first (each entry is one, its
     # xattrs a second), so millions of tiny entries are refused before they cost gigabytes.
-    if raw.count(b"{") > 2 * limits.max_toc_entries + 1:
+    if json.peek().count(b"{") > 2 * limits.max_toc_entries + 1:
         raise TOCError(f"TOC holds more than {limits.max_toc_entries} entries "
                        f"(limits.max_toc_entries)")
-    parsed = _parse_fast(raw, limits)
-    return parsed if parsed is not None else parse_carefully(raw, limits)
+    parsed = _parse_fast(json, limits)
+    return parsed if parsed is not None else parse_carefully(json.take(), limits)
 
 
 def parse_carefully(raw: bytes, limits: LimitsConfig) -> tuple[int, list[TOCEntry]]:
@@ -147,13 +148,13 @@ _SHA256_PREFIX = "sha256:"
 _UNCLEAN_JOINED = re.compile(r"/\.{0,2}[/\0]|\0\.{0,2}/|\0\.{1,2}\0")
 
 
-def _parse_fast(raw: bytes, limits: LimitsConfig) -> tuple[int, list[TOCEntry]] | None:
+def _parse_fast(json: TOCJSON, limits: LimitsConfig) -> tuple[int, list[TOCEntry]] | None:
     """The TOC's version and entries, if it is as writers write it; else None, for the
     careful path to say what is wrong (or to accept what only it handles, like nulls)."""
-    if b"\\u0000" in raw:  # a NUL in some string: the careful path says where
+    if b"\\u0000" in json.peek():  # a NUL in some string: the careful path says where
         return None
     try:
-        doc = _FAST_DECODER.decode(raw)
+        doc = _FAST_DECODER.decode(json.take())  # the JSON goes once decoded
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         return None
     entries: list[TOCEntry] = list(doc.entries)
