@@ -34,3 +34,19 @@ def test_every_chunk_once_in_blob_order(tmp_path: Path) -> None:
     assert any(a.compressed_offset == b.compressed_offset for a, b in itertools.pairwise(chunks))
     paths = {c.path for c in chunks} - {".prefetch.landmark"}
     assert paths == {name for name, data in files.items() if data}
+
+
+def test_single_chunk_files_in_blob_order_end_where_the_next_member_starts(
+        tmp_path: Path) -> None:
+    files = {f"d/f{i:03d}": payload(i, 50 + i) for i in range(200)}
+    built = build_blob(tmp_path, files, chunk_size=10000, prioritized=("d/f150",))
+    with FileSource(built.path) as source:
+        blob = open_blob(source).verify(built.result.toc_digest)
+        chunks = blob.chunks_in_blob_order()
+        for chunk in chunks:
+            assert blob.chunks(chunk.path) == [chunk]
+            assert blob.read_chunk(chunk) == files.get(chunk.path, b"\x0f")  # or the landmark
+        assert [c.compressed_end for c in chunks[:-1]] == [c.compressed_offset for c in chunks[1:]]
+        assert chunks[-1].compressed_end == blob.footer.data_end
+    assert chunks[0].path == "d/f150"
+    assert {c.path for c in chunks} - {".prefetch.landmark"} == set(files)

@@ -7,7 +7,7 @@ import bisect
 import operator
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from itertools import compress, islice
+from itertools import compress, islice, repeat
 
 import msgspec
 
@@ -47,6 +47,9 @@ _OFFSET = operator.attrgetter("offset")
 _INNER_OFFSET = operator.attrgetter("inner_offset")
 _CHUNK_DIGEST = operator.attrgetter("chunk_digest")
 _SIZE = operator.attrgetter("size")
+_NAME = operator.attrgetter("name")
+_DIGEST = operator.attrgetter("digest")
+_BLOB_ORDER = operator.attrgetter("compressed_offset", "inner_offset")
 
 
 class ChunkTable:
@@ -97,6 +100,28 @@ class ChunkTable:
         digest = entry.digest if self._fallback else entry.chunk_digest
         return (Chunk(entry.name, 0, entry.size, entry.offset, self.member_end(entry.offset),
                       entry.inner_offset, digest),)
+
+    def in_blob_order(self, entries: Iterable[TOCEntry]) -> list[Chunk]:
+        """The chunks of the regular files among ``entries`` (each file once), in the order
+        they sit in the blob; the Chunks of single-chunk files made in C-level loops."""
+        files = [entry for entry in entries if entry.type == "reg" and entry.size]
+        several = self.several
+        single = [f for f in files if f.name not in several] if several else files
+        offsets = list(map(_OFFSET, single))
+        members = self._offsets.tolist()
+        if offsets == members:  # one file a member, in the blob's order: each ends at the next
+            ends: Iterable[int] = [*members[1:], self._data_end]
+        else:
+            starts = [*members, self._data_end]
+            ends = map(starts.__getitem__, map(bisect.bisect_right, repeat(members), offsets))
+        made = list(map(Chunk, map(_NAME, single), repeat(0), map(_SIZE, single), offsets, ends,
+                        map(_INNER_OFFSET, single),
+                        map(_DIGEST if self._fallback else _CHUNK_DIGEST, single)))
+        if several:
+            made += [chunk for f in files if f.name in several for chunk in several[f.name]]
+        if several or not _increasing(offsets):
+            made.sort(key=_BLOB_ORDER)
+        return made
 
     def _made(self, reg: TOCEntry, parts: list[TOCEntry]) -> tuple[Chunk, ...]:
         return tuple(

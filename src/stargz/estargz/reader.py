@@ -11,7 +11,6 @@ from __future__ import annotations
 import bisect
 import hashlib
 import logging
-import operator
 from collections.abc import Callable, Iterator, Sequence
 
 from stargz.config import LimitsConfig
@@ -295,9 +294,7 @@ class VerifiedBlob:
     def chunks_in_blob_order(self) -> list[Chunk]:
         """Every chunk of every regular file once, in the order they sit in the blob (only
         files the TOC keeps: a later entry of the same name wins)."""
-        chunks_of = self._index.chunks_of
-        return sorted((c for entry in self._index.entries.values() for c in chunks_of(entry)),
-                      key=_BLOB_ORDER)
+        return self._index.chunks.in_blob_order(self._index.entries.values())
 
     def verified_chunks(self) -> Iterator[tuple[Chunk, bytes]]:
         """Every chunk of every regular file with its verified bytes, in blob order (a file's
@@ -356,7 +353,6 @@ class VerifiedBlob:
         return entry
 
 
-_BLOB_ORDER = operator.attrgetter("compressed_offset", "inner_offset")
 
 
 def _chunk_start(chunk: Chunk) -> int:

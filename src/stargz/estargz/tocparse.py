@@ -186,8 +186,10 @@ class _FastPath:
         modes = list(map(_MODE, self._entries))
         masked = {mode: mode & MODE_BITS for mode in set(modes)}  # one int object per mode
         self._set_each("mode", map(masked.__getitem__, modes))
-        self._set_each("user_name", self._owners("uid", "user_name"))
-        self._set_each("group_name", self._owners("gid", "group_name"))
+        for id_key, name_key in (("uid", "user_name"), ("gid", "group_name")):
+            names = self._owners(id_key, name_key)
+            if names is not None:
+                self._set_each(name_key, names)
         self._xattrs()
 
     def _set_each(self, key: str, values: Iterable[object]) -> None:
@@ -236,12 +238,14 @@ class _FastPath:
         seconds = {stamp: _parse_modtime(stamp) if stamp else 0 for stamp in set(stamps)}
         return map(seconds.__getitem__, stamps)
 
-    def _owners(self, id_key: str, name_key: str) -> list[str]:
+    def _owners(self, id_key: str, name_key: str) -> list[str] | None:
         """Owner names as _owner fills them: the reference names an id only where it first
         appears. Conflicting names for one id, or one named only later, are for the careful
         path."""
-        ids: list[int] = list(map(operator.attrgetter(id_key), self._entries))
         given: list[str] = list(map(operator.attrgetter(name_key), self._entries))
+        if not any(given):
+            return None  # no name anywhere: nothing to fill in
+        ids: list[int] = list(map(operator.attrgetter(id_key), self._entries))
         pairs = {pair for pair in set(zip(ids, given, strict=True)) if pair[1]}
         table = dict(pairs)
         if len(table) != len(pairs):
