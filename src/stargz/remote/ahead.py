@@ -6,7 +6,6 @@ import logging
 
 import anyio
 
-from stargz.errors import StargzError
 from stargz.remote.fetcher import BlobFetcher, fetch_checked
 from stargz.remote.regions import Range
 from stargz.trace import span
@@ -52,7 +51,8 @@ class AheadFetcher:
             (data,) = await fetch_checked(self._inner, [self._pieces[index]], self._timeout)
             if not self._dropped:
                 self._data[index] = data
-        except StargzError as err:
+        except Exception as err:  # never the service's task group's failure: a reader
+            # asking for these bytes fetches them itself and gets the error, if any, as usual
             log.debug("prefetch ahead of the TOC: %s (the prefetch fetches it again)", err)
         finally:
             self._done[index].set()
