@@ -95,8 +95,8 @@ async def serve(config: SnapshotterConfig, remote: RemoteLayers | None = None,
                 await server.start()
             trace.event("startup_socket_ready")
             log.info("serving containerd snapshots on %s (root %s)", config.address, config.root)
-            warm_up = getattr(remote, "warm_up", None)  # lazy layers: started already by
-            if warm_up is not None:  # run_from_args; here for callers that pass their own
+            warm_up = getattr(remote, "warm_up", None)  # lazy layers: the worker loads while
+            if warm_up is not None:  # containerd starts and connects
                 warm_up()
             await _wait_for_signal()
             log.info("shutting down")
@@ -277,9 +277,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         with trace.span("startup_import_lazy"):
             from stargz.snapshotter.lazy import lazy_from_config  # late: it loads pyfuse3
 
+        # serve() starts the lazy worker (pyfuse3, httpx) once the socket is up: its imports
+        # then overlap containerd's start, not ours (they would share the GIL)
         remote = lazy_from_config(file, config.root, str(args.config or "defaults"))
-        if remote is not None:  # the worker loads (pyfuse3, httpx) while containerd starts and
-            remote.warm_up()  # connects: the first Prepare then finds it ready
         run(config, remote, _cri_settings(file, str(args.config)))
     except (StargzError, OSError) as err:  # one shape for every start-up failure
         print(f"stargz: error: {_one_line(err)}", file=sys.stderr)

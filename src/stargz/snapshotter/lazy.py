@@ -30,7 +30,6 @@ from stargz.config import (
     with_cache_directory,
 )
 from stargz.errors import ConfigError, InvalidArgumentError
-from stargz.snapshotter.fusemanager import ManagedLazyLayers
 from stargz.snapshotter.remote import (
     LABEL_CRI_IMAGE_LAYERS,
     LABEL_CRI_IMAGE_REF,
@@ -47,6 +46,7 @@ from stargz.trace import span
 
 if TYPE_CHECKING:
     from stargz.registry.reference import Reference
+    from stargz.snapshotter.fusemanager import ManagedLazyLayers
     from stargz.snapshotter.lazyworker import LazyMounts, Worker
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,8 @@ def lazy_from_config(config: FileConfig, root: Path,
     if settings is None:
         return None
     if config.fuse_manager.enable:
+        from stargz.snapshotter.fusemanager import ManagedLazyLayers  # anyio, registry: late
+
         # A call waits at most for a resolution and a prefetch, as a Prepare in-process would.
         layer = settings.layer
         return ManagedLazyLayers(Path(config.fuse_manager.address),
@@ -182,8 +184,8 @@ class LazyLayers:
         self._worker: Future[Worker] | None = None
 
     def warm_up(self) -> None:
-        """Start the worker now, on a thread of its own (the daemon calls this before it opens
-        its socket: the imports overlap containerd's start), so the first Prepare finds it ready."""
+        """Start the worker now, on a thread of its own (the daemon calls this once its socket
+        is up: the imports overlap containerd's start), so the first Prepare finds it ready."""
         self._start()
 
     async def prepare_remote(
