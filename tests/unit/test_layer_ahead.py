@@ -32,7 +32,8 @@ PRIORITIZED = ("app/first.bin", "app/second.bin")
 
 
 def prioritized(tmp: Path) -> Built:
-    files = {f"lib/f{i}.bin": payload(i, 40000) for i in range(10)}
+    # bigger than the footer+TOC tail read: the prefetch range is fetched, not held
+    files = {f"lib/f{i}.bin": payload(i, 80000) for i in range(10)}
     files["app/first.bin"] = payload(100, 30000)
     files["app/second.bin"] = payload(101, 30000)
     return build_blob(tmp, files, chunk_size=10000, level=1, prioritized=PRIORITIZED)

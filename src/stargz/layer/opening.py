@@ -47,6 +47,18 @@ class TailSource:
     def data(self) -> bytes:
         return self._data
 
+    def chunk_bytes(self) -> bytes:
+        """The fetched bytes before the TOC (chunk data the tail read brought along, from
+        ``base``); empty when the footer can not tell where the TOC starts."""
+        try:
+            footer = parse_footer(self._data)
+            toc_start, _ = footer.toc_range(self._size)
+        except FormatError:
+            return b""
+        if footer.kind == "zstd-chunked":
+            toc_start -= ZSTD_SKIPPABLE_HEADER
+        return self._data[:max(0, toc_start - self._base)]
+
     def read_at(self, offset: int, length: int) -> bytes:
         if offset < self._base or offset + length > self._size or length < 0:
             raise FormatError(

@@ -53,6 +53,7 @@ from stargz.registry.client import RegistryClient
 from stargz.registry.reference import Reference
 from stargz.remote.ahead import AheadFetcher
 from stargz.remote.fetcher import BlobFetcher, RegistryBlobFetcher
+from stargz.remote.held import HeldBytesFetcher
 from stargz.trace import span
 
 log = logging.getLogger(__name__)
@@ -255,7 +256,7 @@ class LayerService:
     async def _resolve_blob(self, repo: Reference, digest: str, size: int | None) -> Resolution:
         with self.scheduler.prioritized():
             fetcher, tail, stats = await self._fetch_tail(repo, digest, size)
-            fetcher = await self._fetch_ahead(fetcher, tail, digest)
+            fetcher = await self._fetch_ahead(_with_held_tail(fetcher, tail), tail, digest)
             external = _Kept(self._external_toc(repo, digest))
             with span("toc_parse", layer=digest) as parse:
                 unverified = await open_tail(tail, stats, digest, external.fetch,
@@ -279,6 +280,7 @@ class LayerService:
             end = await anyio.to_thread.run_sync(landmark_end, tail.data, tail.size,
                                                  self.config.limits.max_toc_bytes)
             found.set(end=end)
+        end = min(end or 0, tail.base)  # the tail's bytes are held already
         if not end or end > MAX_FETCH_AHEAD:
             return fetcher
         pieces = -(-end // max(1, self.config.background_batch_bytes))
@@ -481,3 +483,10 @@ class LayerService:
         if resolution is not None:
             log.debug("layer %s evicted from the resolved layers", digest)
 
+
+
+def _with_held_tail(fetcher: BlobFetcher, tail: TailSource) -> BlobFetcher:
+    """The fetcher, answering from the chunk bytes the footer+TOC read brought along (a small
+    blob's tail holds much of its data: without this they were fetched again)."""
+    held = tail.chunk_bytes()
+    return HeldBytesFetcher(fetcher, tail.base, held) if held else fetcher

@@ -15,10 +15,10 @@ log = logging.getLogger(__name__)
 
 class AheadFetcher:
     """A BlobFetcher whose bytes [0, ``end``) are fetched ahead (:meth:`run`), in ``pieces``
-    requests at once. A request within them waits for those pieces and is answered from them;
-    anything else, or anything a failed piece held, goes to ``inner``. The bytes are the raw
-    blob's: whoever reads them still decodes and verifies every chunk. :meth:`drop` lets them
-    go once the prefetch has used them."""
+    requests at once. A request within them waits for those pieces and is answered from them
+    (one running past ``end`` from them up to it); anything else, or anything a failed piece
+    held, goes to ``inner``. The bytes are the raw blob's: whoever reads them still decodes
+    and verifies every chunk. :meth:`drop` lets them go once the prefetch has used them."""
 
     def __init__(self, inner: BlobFetcher, end: int, pieces: int, timeout: float) -> None:
         self._inner = inner
@@ -63,10 +63,19 @@ class AheadFetcher:
         self._data.clear()
 
     async def fetch(self, ranges: list[Range]) -> list[bytes]:
-        answers: list[bytes | None] = [await self._ahead(start, end) for start, end in ranges]
-        rest = [r for r, got in zip(ranges, answers, strict=True) if got is None]
+        heads = [await self._ahead(start, min(end, self._end)) for start, end in ranges]
+        # what the pieces do not give: a whole range, or the part of one past their end
+        rest = [(start, end) if head is None else (self._end, end)
+                for (start, end), head in zip(ranges, heads, strict=True)
+                if head is None or end > self._end]
         fetched = iter(await self._inner.fetch(rest) if rest else [])
-        return [got if got is not None else next(fetched) for got in answers]
+        answers: list[bytes] = []
+        for (_, end), head in zip(ranges, heads, strict=True):
+            if head is None:
+                answers.append(next(fetched))
+            else:
+                answers.append(head + next(fetched) if end > self._end else head)
+        return answers
 
     async def _ahead(self, start: int, end: int) -> bytes | None:
         """Bytes [start, end) from the pieces, once they are here; None if they can not say."""
