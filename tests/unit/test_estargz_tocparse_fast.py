@@ -3,7 +3,9 @@ by entry) gives, and hands every TOC it does not handle to the careful path."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -13,8 +15,11 @@ from hypothesis import strategies as st
 
 from stargz.config import LimitsConfig
 from stargz.errors import TOCError
+from stargz.estargz.reader import open_blob, read_toc_json
+from stargz.estargz.source import FileSource
 from stargz.estargz.toc import NO_XATTRS, TOCJSON, TOCEntry
 from stargz.estargz.tocparse import _parse_fast, parse_carefully, parse_entries
+from tests.unit.test_layer_helpers import build_blob
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "ab" * 32
@@ -138,3 +143,13 @@ def test_the_json_is_let_go_of_once_decoded_and_made_again_if_needed() -> None:
     handed = TOCJSON(unusual, lambda: again(unusual))
     assert [e.name for e in parse_entries(handed, LIMITS)[1]] == ["a"]
     assert made == [unusual]  # made again for the careful path
+
+
+def test_the_toc_json_read_alone_is_the_one_the_digest_covers(tmp_path: Path) -> None:
+    built = build_blob(tmp_path, {"a": b"x" * 10, "d/b": b"y"})
+    with FileSource(built.path) as source:
+        raw = read_toc_json(source)
+        unverified = open_blob(source)
+        assert "sha256:" + hashlib.sha256(raw).hexdigest() == built.result.toc_digest
+        assert unverified.toc_json == raw  # made again from the compressed TOC
+        assert unverified.verify(built.result.toc_digest).lookup("d/b") is not None

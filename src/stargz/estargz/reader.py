@@ -56,7 +56,18 @@ def open_blob(source: RangeSource, limits: LimitsConfig | None = None) -> Unveri
     """Read the footer and TOC of a blob; structural validation only, within ``limits``
     (default: LimitsConfig()): a TOC beyond them is a TOCError."""
     limits = limits or LimitsConfig()
-    max_toc = limits.max_toc_bytes
+    footer, toc_json = _toc_reader(source, limits.max_toc_bytes)
+    return _parsed(source, footer, toc_json, limits)
+
+
+def read_toc_json(source: RangeSource, limits: LimitsConfig | None = None) -> bytes:
+    """The TOC's JSON as the blob holds it, neither parsed nor checked against a digest."""
+    return _toc_reader(source, (limits or LimitsConfig()).max_toc_bytes)[1]()
+
+
+def _toc_reader(source: RangeSource, max_toc: int) -> tuple[Footer, Callable[[], bytes]]:
+    """The footer, and what decompresses the TOC's JSON (again if asked again): the
+    compressed TOC is read once."""
     size = source.size
     tail_len = min(size, TAIL_READ)
     tail = source.read_at(size - tail_len, tail_len)
@@ -79,7 +90,7 @@ def open_blob(source: RangeSource, limits: LimitsConfig | None = None) -> Unveri
             return _zstd_toc_json(compressed, footer, max_toc)
         return _gzip_toc_json(compressed, max_toc)
 
-    return _parsed(source, footer, toc_json, limits)
+    return footer, toc_json
 
 
 def open_blob_external(source: RangeSource, toc_blob: bytes,
