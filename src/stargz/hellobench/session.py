@@ -38,6 +38,9 @@ from stargz.hellobench.runtimes import create_runtime
 from stargz.hellobench.variants import push_variants
 
 WORK_PARENT = Path("/var/tmp")  # roots of the runtimes' daemons: on disk, not in tmpfs
+# Keep the runtimes' directories short (/var/tmp/hb-XXXXXXXX/podman-ours): under
+# /var/tmp/stargz-bench-XXXXXXXX/runtimes/podman-ours every podman sample took 20 s longer
+# (the container's end seen late, its socket paths past the 108 bytes a Unix socket may name?)
 
 
 def run_session(args: argparse.Namespace) -> list[Sample]:
@@ -51,7 +54,7 @@ def run_session(args: argparse.Namespace) -> list[Sample]:
     if not can_draw():
         console.print(f"no chart: {INSTALL_HINT}")
     images = build_images(args.images, None, progress=console.print)
-    work = Path(tempfile.mkdtemp(prefix="stargz-bench-", dir=WORK_PARENT))
+    work = Path(tempfile.mkdtemp(prefix="hb-", dir=WORK_PARENT))
     samples: list[Sample] = []
     pushed: list[PushedVariant] = []
     try:
@@ -97,7 +100,7 @@ def _run(args: argparse.Namespace, console: Console, work: Path, images: Mapping
     console.print(f"plan: {len(trials)} samples ({cells} cells x {args.samples}), estimated "
                   f"{minutes} min {seconds:02d} s")
     runtimes: dict[str, Runtime] = {
-        name: create_runtime(name, work / "runtimes" / name, args.peers)
+        name: create_runtime(name, work / name, args.peers)
         for name in args.runtimes}
     workloads = {name: image.workload for name, image in images.items()}
     # off a terminal (CI, a log file) the line printed per sample is the progress
