@@ -34,15 +34,15 @@ from stargz.hellobench.model import PHASES, Link, PushedVariant, Runtime, Sample
 from stargz.printable import printable
 
 FULL_VARIANT = "gzip"
-# Wall seconds a sample costs besides moving and unpacking its bytes, per runtime, measured on
-# this 2-core machine under load (start cold: roots wiped, page cache dropped, daemons started;
-# create; run; stop): what the estimate printed before a run adds up.
-OVERHEAD_S = {"containerd-full": 3.5, "containerd-ours": 5.5, "containerd-go": 3.0,
-              "podman-full": 3.5, "podman-ours": 5.0, "podman-go": 3.0}
+# Wall seconds a sample costs besides moving (and for a full pull unpacking and removing) its
+# bytes, per runtime, measured in a full run on this 2-core machine (load average 3-5): cold
+# start, create, run, stop; a lazy sample's phases are most of it.
+OVERHEAD_S = {"containerd-full": 3.0, "containerd-ours": 3.0, "containerd-go": 2.5,
+              "podman-full": 3.0, "podman-ours": 3.0, "podman-go": 2.5}
 UNSHAPED_MBIT = 1000.0  # loopback: a full pull is bound by decompressing and unpacking
-# a full pull's decompress + unpack, and the removal of what it unpacked, per compressed MB
-# (large, 292 MB: 21 s unpacking, 54 s removing its root under load; python, 68 MB: 3.5 + 1.7 s)
-UNPACK_S_PER_MB = 0.2
+# a full pull's decompress + unpack, and the removal (and write-back) of what it unpacked, per
+# compressed MB (large, 292 MB: 37 s pulling at 100 Mbit/s, 23 s more before the next sample)
+UNPACK_S_PER_MB = 0.12
 TIMELINE_PERIOD_S = 0.02
 READY_SLACK_S = 0.1
 
