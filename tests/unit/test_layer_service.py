@@ -47,9 +47,8 @@ class Blobs:
         return [r for f in self.fetchers.get(digest, []) for r in f.requests]
 
 
-def two_blobs(tmp: Path) -> dict[str, Built]:
-    # A is bigger than the footer+TOC tail read, so its prefetch range is fetched, not held
-    one = {f"lib/a{i}.bin": payload(i, 100000) for i in range(6)}
+def two_blobs(tmp: Path, a_file_size: int = 30000) -> dict[str, Built]:
+    one = {f"lib/a{i}.bin": payload(i, a_file_size) for i in range(6)}
     one["app/run.bin"] = payload(50, 20000)
     two = {f"share/b{i}.bin": payload(100 + i, 30000) for i in range(4)}
     return {
@@ -206,8 +205,9 @@ class HeldData:
 
 def prefetch_case(tmp_path: Path, timeout: float, hold: bool) -> list[str]:
     """Acquire a layer whose landmark asks for a prefetch, the registry answering it at once
-    (or only after the acquire returned, when ``hold``); the order things happened in."""
-    blobs = Blobs(two_blobs(tmp_path))
+    (or only after the acquire returned, when ``hold``); the order things happened in.
+    A is made bigger than the footer+TOC tail read: its prefetch range is fetched, not held."""
+    blobs = Blobs(two_blobs(tmp_path, a_file_size=100000))
     built = blobs.built[A]
     log: list[str] = []
     held: list[HeldData] = []
