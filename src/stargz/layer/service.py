@@ -484,7 +484,6 @@ class LayerService:
             log.debug("layer %s evicted from the resolved layers", digest)
 
 
-
 def _with_held_tail(fetcher: BlobFetcher, tail: TailSource) -> BlobFetcher:
     """The fetcher, answering from the chunk bytes the footer+TOC read brought along (a small
     blob's tail holds much of its data: without this they were fetched again)."""
