@@ -71,12 +71,17 @@ class ChunkTable:
         parts_in_order = _parts_in_toc_order(files, parts_of)
         self._fallback = _chunk_digest_fallback(files, parts_of, parts_in_order)
         offsets = list(map(_OFFSET, parts_in_order))
-        if _increasing(offsets):  # the blob's order: each member holds one chunk
+        # whether some member holds several chunks (then readers fetch them together)
+        self.members_shared = not _increasing(offsets)
+        if not self.members_shared:  # the blob's order: each member holds one chunk
             self._offsets = array("q", offsets)
-            _check_sequential(files, parts_of, offsets, self._data_end, limits)
+            sizes = _check_sequential(files, parts_of, offsets, self._data_end, limits)
         else:
             self._offsets = array("q", sorted(set(offsets)))
-            _BlobLayout(files, parts_of, self, self._data_end, limits)
+            sizes = _BlobLayout(files, parts_of, self, self._data_end, limits).sizes
+        # upper bounds over every chunk listed: a layer under a smaller limit checks these
+        # instead of every chunk again
+        self.largest_plain, self.largest_compressed = sizes.largest_plain, sizes.largest_compressed
         self.several: dict[str, tuple[Chunk, ...]] = {}  # files of more than one chunk
         for f in files:
             if id(f) in parts_of:
@@ -109,8 +114,10 @@ class ChunkTable:
         single = [f for f in files if f.name not in several] if several else files
         offsets = list(map(_OFFSET, single))
         members = self._offsets.tolist()
-        if offsets == members:  # one file a member, in the blob's order: each ends at the next
-            ends: Iterable[int] = [*members[1:], self._data_end]
+        count = len(offsets)
+        if offsets == members[:count]:  # one file a member, in the blob's order (all of them
+            # or the first ones): each ends where the next member starts
+            ends: Iterable[int] = [*members[1:], self._data_end][:count]
         else:
             starts = [*members, self._data_end]
             ends = map(starts.__getitem__, map(bisect.bisect_right, repeat(members), offsets))
@@ -200,12 +207,13 @@ def _increasing(values: list[int]) -> bool:
 
 
 def _check_sequential(files: list[TOCEntry], parts_of: dict[int, list[TOCEntry]],
-                      offsets: list[int], data_end: int, limits: LimitsConfig) -> None:
+                      offsets: list[int], data_end: int, limits: LimitsConfig) -> _SizeCheck:
     """The limits, for chunks in the blob's order, one to a member: the members must start
     before the data ends, and hold what limits.max_chunk_bytes allows (twice that
     compressed)."""
+    sizes = _SizeCheck(limits.max_chunk_bytes)
     if not offsets:
-        return
+        return sizes
     if offsets[-1] >= data_end:
         last = files[-1]
         raise TOCError(f"{last.name!r}: offset {offsets[-1]} is past the data end {data_end}")
@@ -217,11 +225,13 @@ def _check_sequential(files: list[TOCEntry], parts_of: dict[int, list[TOCEntry]]
     else:  # one chunk a file, covering it (its tiling is checked)
         parts = []
         extents = list(map(operator.add, map(_INNER_OFFSET, files), map(_SIZE, files)))
-    if max(map(operator.sub, ends, offsets)) > 2 * biggest or max(extents) > biggest:
-        sizes = _SizeCheck(biggest)
+    sizes.largest_compressed = max(map(operator.sub, ends, offsets))
+    sizes.largest_plain = max(extents)
+    if sizes.largest_compressed > 2 * biggest or sizes.largest_plain > biggest:
         placed = parts or [(f, f.size) for f in files]
         for (part, _), extent, offset, end in zip(placed, extents, offsets, ends, strict=True):
             sizes.check(part, offset, extent, end)
+    return sizes
 
 
 def _length(part: TOCEntry, file_size: int) -> int:
@@ -231,8 +241,12 @@ def _length(part: TOCEntry, file_size: int) -> int:
 class _SizeCheck:
     def __init__(self, biggest: int) -> None:
         self._max = biggest
+        self.largest_plain = 0  # of the chunks checked, or set by the caller for all of them
+        self.largest_compressed = 0
 
     def check(self, part: TOCEntry, offset: int, extent: int, member_end: int) -> None:
+        self.largest_plain = max(self.largest_plain, extent)
+        self.largest_compressed = max(self.largest_compressed, member_end - offset)
         if extent > self._max:
             raise TOCError(
                 f"{part.name!r}: the chunk at {part.chunk_offset} needs {extent} decompressed "
@@ -259,7 +273,7 @@ class _BlobLayout:
         self._parts = [parts_of.get(id(f)) or [f] for f in files]
         self._table = table
         self._data_end = data_end
-        self._sizes = _SizeCheck(limits.max_chunk_bytes)
+        self.sizes = _SizeCheck(limits.max_chunk_bytes)
         self._check(self._in_blob_order())
 
     def _in_toc_order(self) -> Iterator[_Placed]:
@@ -294,6 +308,6 @@ class _BlobLayout:
                 raise TOCError(f"{name!r}: its chunks are not laid out in order in the blob")
             part = all_parts[fi][pi]
             inner_end = inner + _length(part, reg.size)
-            self._sizes.check(part, offset, inner_end, self._table.member_end(offset))
+            self.sizes.check(part, offset, inner_end, self._table.member_end(offset))
             previous = (offset, inner, fi, pi)
 

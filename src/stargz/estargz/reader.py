@@ -11,7 +11,9 @@ from __future__ import annotations
 import bisect
 import hashlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import compress
+from operator import attrgetter
 
 from stargz.config import LimitsConfig
 from stargz.errors import (
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 TAIL_READ = 512 << 10  # one read usually holds footer and TOC together
 # After the TOC JSON: its padding and the tar's end (tar writers pad to 10 KiB records).
 _TAR_TRAILER = 64 << 10
+_ENTRY_OFFSET = attrgetter("offset")
 
 
 def open_blob(source: RangeSource, limits: LimitsConfig | None = None) -> UnverifiedBlob:
@@ -302,10 +305,31 @@ class VerifiedBlob:
             return [failed for _ in chunks]
         return [_checked(chunk, plain) for chunk in chunks]
 
-    def chunks_in_blob_order(self) -> list[Chunk]:
+    def chunks_in_blob_order(self, before: int | None = None) -> list[Chunk]:
         """Every chunk of every regular file once, in the order they sit in the blob (only
-        files the TOC keeps: a later entry of the same name wins)."""
-        return self._index.chunks.in_blob_order(self._index.entries.values())
+        files the TOC keeps: a later entry of the same name wins); with ``before``, only the
+        chunks whose member starts before that offset."""
+        entries: Iterable[TOCEntry] = self._index.entries.values()
+        if before is None:
+            return self._index.chunks.in_blob_order(entries)
+        if before <= 0:
+            return []
+        # a file's chunks lie in file order in the blob (checked): a file whose first chunk
+        # starts past ``before`` has none before it
+        entries = compress(entries, map(before.__gt__, map(_ENTRY_OFFSET, entries)))
+        chunks = self._index.chunks.in_blob_order(entries)
+        return [chunk for chunk in chunks if chunk.compressed_offset < before]
+
+    def largest_chunk(self) -> tuple[int, int]:
+        """Upper bounds over every chunk listed: the decompressed bytes one needs from its
+        member's start (inner offset + size), and the compressed bytes of its member."""
+        table = self._index.chunks
+        return table.largest_plain, table.largest_compressed
+
+    @property
+    def members_shared(self) -> bool:
+        """Whether some member (or frame) holds several chunks."""
+        return self._index.chunks.members_shared
 
     def verified_chunks(self) -> Iterator[tuple[Chunk, bytes]]:
         """Every chunk of every regular file with its verified bytes, in blob order (a file's

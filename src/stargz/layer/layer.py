@@ -76,16 +76,23 @@ class Layer:
         # the process's scheduler (shared by every layer a LayerService opens), else our own
         self.scheduler = scheduler or BackgroundScheduler(config.background_quiet_sec,
                                                           config.max_concurrency)
-        self.all_chunks = blob.chunks_in_blob_order()
-        _check_chunk_limits(self.all_chunks, config.limits.max_chunk_bytes)
-        self._by_member: dict[int, list[Chunk]] = {}  # only members holding several chunks
-        for chunk in self.all_chunks:
-            self._by_member.setdefault(chunk.compressed_offset, []).append(chunk)
-        self._by_member = {k: v for k, v in self._by_member.items() if len(v) > 1}
+        # No per-chunk work here unless the TOC needs it: the chunk list is made on first
+        # use (the prefetch makes only its own part), the limits checked from the TOC's bounds.
+        self._all_chunks: list[Chunk] | None = None
+        _check_chunk_limits(blob, config.limits.max_chunk_bytes)
+        # only members holding several chunks
+        self._by_member = _shared_members(self.all_chunks) if blob.members_shared else {}
         self._prefetched = asyncio.Event()
         self._started: asyncio.Task[None] | None = None
         self._background: asyncio.Task[None] | None = None
         self._background_off = config.no_background_fetch
+
+    @property
+    def all_chunks(self) -> list[Chunk]:
+        """Every chunk of the layer, in the order they sit in the blob."""
+        if self._all_chunks is None:
+            self._all_chunks = self._blob.chunks_in_blob_order()
+        return self._all_chunks
 
     @classmethod
     async def open(
@@ -389,7 +396,7 @@ class Layer:
 
     async def _prefetch_then_background(self) -> None:
         end = self.prefetch_end()
-        chunks = [c for c in self.all_chunks if c.compressed_offset < end]
+        chunks = self._blob.chunks_in_blob_order(before=end)
         try:
             with span("prefetch", layer=self._digest, chunks=len(chunks), end=end) as traced, \
                     self.scheduler.prioritized(), \
@@ -490,13 +497,25 @@ def _by_compressed_size(chunks: list[Chunk], parts: int, least: int) -> list[lis
     return runs
 
 
-def _check_chunk_limits(chunks: list[Chunk], max_chunk_bytes: int) -> None:
-    """This layer's own bound (its TOC may have been opened under another config)."""
-    for chunk in chunks:
+def _check_chunk_limits(blob: VerifiedBlob, max_chunk_bytes: int) -> None:
+    """This layer's own bound (its TOC may have been opened under another config): every
+    chunk is looked at only when the TOC's largest ones are over it, to name the first."""
+    plain, compressed = blob.largest_chunk()
+    if plain <= max_chunk_bytes and compressed <= 2 * max_chunk_bytes:
+        return
+    for chunk in blob.chunks_in_blob_order():
         if chunk.inner_offset + chunk.chunk_size > max_chunk_bytes or \
                 chunk.compressed_size > 2 * max_chunk_bytes:
             raise TOCError(f"{chunk.path!r}: the chunk at {chunk.chunk_offset} is over the "
                            f"limit of {max_chunk_bytes} bytes (limits.max_chunk_bytes)")
+
+
+def _shared_members(chunks: list[Chunk]) -> dict[int, list[Chunk]]:
+    """The chunks of each member holding several, by the member's offset."""
+    by_member: dict[int, list[Chunk]] = {}
+    for chunk in chunks:
+        by_member.setdefault(chunk.compressed_offset, []).append(chunk)
+    return {k: v for k, v in by_member.items() if len(v) > 1}
 
 
 async def mount(
