@@ -14,26 +14,14 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from importlib.metadata import PackageNotFoundError, version
 
 # gRPC's C core would print its own errors (E1202 ... add_port.cc) beside our one line; it
 # reads this when it loads, which the imports below may do
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
+import importlib
+
 from stargz import logs
-from stargz.cli import (
-    bench,
-    blob,
-    convert,
-    fusemanager,
-    inspect,
-    mount,
-    optimize,
-    rpull,
-    snapshotter,
-    status,
-    store,
-)
 from stargz.errors import ConfigError, StargzError
 from stargz.printable import printable
 
@@ -47,30 +35,56 @@ OPTIONAL_MODULES = {
                "(builds against libfuse3: apt-get install fuse3 libfuse3-dev pkg-config)",
 }
 
-# Command groups, in the order `stargz --help` lists them. Later groups add themselves here.
-GROUPS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
-    bench.register,
-    blob.register,
-    convert.register,
-    fusemanager.register,
-    inspect.register,
-    mount.register,
-    optimize.register,
-    rpull.register,
-    snapshotter.register,
-    status.register,
-    store.register,
+# Command groups, in the order `stargz --help` lists them: the module under stargz.cli and the
+# commands its ``register(subparsers)`` adds. Only the named command's module is imported (the
+# daemons' start-up time counts: importing all of them took ~250 ms); help and unknown commands
+# import them all.
+GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("bench", ("bench",)),
+    ("blob", ("blob",)),
+    ("convert", ("convert",)),
+    ("fusemanager", ("fuse-manager",)),
+    ("inspect", ("get-toc-digest",)),
+    ("mount", ("mount", "umount")),
+    ("optimize", ("optimize",)),
+    ("rpull", ("rpull",)),
+    ("snapshotter", ("snapshotter",)),
+    ("status", ("status",)),
+    ("store", ("store",)),
 )
 
 
-def _package_version() -> str:
-    try:
-        return version("stargz")
-    except PackageNotFoundError:
-        return "unknown"
+class _VersionAction(argparse.Action):
+    """--version, reading the installed version only when asked (importlib.metadata is slow)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default,
+                         help=help or "show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("stargz")
+        except PackageNotFoundError:
+            found = "unknown"
+        parser.exit(message=f"{parser.prog} {found}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _groups_for(argv: Sequence[str] | None) -> list[str]:
+    """The command modules the parser needs: the named command's alone, or all of them."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if "--log-level" in words:  # its value is not a command
+        del words[words.index("--log-level"):words.index("--log-level") + 2]
+    command = next((word for word in words if not word.startswith("-")), None)
+    named = [module for module, commands in GROUPS if command in commands]
+    return named or [module for module, _ in GROUPS]
+
+
+def build_parser(argv: Sequence[str] | None = ()) -> argparse.ArgumentParser:
+    """The parser for ``argv``'s command (every command when ``argv`` names none)."""
     parser = argparse.ArgumentParser(
         prog=PROG, description="eStargz lazy pulling of container images: build, inspect, serve."
     )
@@ -78,10 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log debug messages and show tracebacks on errors")
     parser.add_argument("--log-level", dest="global_log_level", type=_level, metavar="LEVEL",
                         help=f"{logs.LEVEL_NAMES} (default warning; debug with --debug)")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for register in GROUPS:
-        register(commands)
+    for module in _groups_for(argv):
+        importlib.import_module(f"stargz.cli.{module}").register(commands)
     return parser
 
 
@@ -113,7 +127,7 @@ def _report(err: BaseException, debug: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)  # usage errors exit 2 here, with argparse's message
     _setup_logging(args)
     handler: Callable[[argparse.Namespace], int] = args.handler
