@@ -12,8 +12,9 @@ Everything here is iterative and linear in the TOC's size: no recursion, whateve
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Sequence
-from itertools import islice
+from itertools import compress, islice, repeat
 
 import msgspec
 
@@ -25,6 +26,8 @@ from stargz.estargz.tocplace import Placer
 
 IMPLIED_DIR_MODE = 0o755
 _MAX_HARDLINK_HOPS = 64
+_NAME, _TYPE = operator.attrgetter("name"), operator.attrgetter("type")
+_HEAD = operator.itemgetter(0)
 
 
 def parent_of(name: str) -> str:
@@ -53,24 +56,31 @@ class TOCIndex:
         self._placer: Placer | None = None
         self.implied: set[str] = set()  # directories no entry lists (their parents are)
         self._positions: dict[str, int] = {"": -1}  # where each name was (last) listed
-        self._files_named = _count_file_names(entries) if _has_symlink(entries) else {}
+        types = list(map(_TYPE, entries))
+        self._files_named = _count_file_names(entries) if "symlink" in types else {}
         self._implied_budget = _ImpliedBudget(len(entries), limits)
-        self._add_all(entries)
+        self._add_all(entries, types)
         self.links: dict[str, TOCEntry] = {}  # hardlink name → its final target
-        self._resolve_links()
-        self.children: dict[str, list[TOCEntry]] = {}  # as listed: hardlinks unresolved
+        if "hardlink" in types:
+            self._resolve_links()
+        # as listed, hardlinks unresolved; made on the first listing (parents are checked now)
+        self._children: dict[str, list[TOCEntry]] | None = None
+        self._check_parents()
         self._link_counts: dict[int, int] = {}  # only targets of hardlinks (others: 1)
-        self._link_tree()
+        for target in self.links.values():
+            self._link_counts[id(target)] = self._link_counts.get(id(target), 1) + 1
         self._positions.clear()  # only needed while building
         # Each path's number (its place in ``entries``): a compact key for it, from which a
-        # filesystem computes inode numbers instead of keeping a table of them.
-        self._in_order = list(self.entries.values())
-        self._numbers = dict(zip(self.entries, range(len(self._in_order)), strict=True))
+        # filesystem computes inode numbers instead of keeping a table of them. Made on the
+        # first use (the entries never change once built).
+        self._numbered: tuple[list[TOCEntry], dict[str, int]] | None = None
 
-    def _add_all(self, entries: Sequence[TOCEntry]) -> None:
+    def _add_all(self, entries: Sequence[TOCEntry], types: list[str]) -> None:
         known, positions, implied = self.entries, self._positions, self.implied
         known[""] = TOCEntry(name="", type="dir", mode=IMPLIED_DIR_MODE)
         placer = self._placer = Placer(known)
+        if self._add_as_listed(entries, types):
+            return
         any_symlink = False  # until one is listed, every entry stays where it is listed
         replaced = False  # whether a later entry replaced a path by a non-directory
         for position, listed in enumerate(entries):
@@ -97,6 +107,50 @@ class TOCIndex:
             raise TOCError("the TOC's root entry is not a directory")
         if replaced:  # else no directory was replaced: nothing to drop
             self._drop_replaced()
+
+    def _add_as_listed(self, entries: Sequence[TOCEntry], types: list[str]) -> bool:
+        """A TOC as writers write it, in C-level passes: no symlink, each name once (the
+        root, if listed, first and a directory), and a directory listed after something
+        under it (implied until then) a directory, so nothing is replaced and every entry
+        stays where it is listed. False, having added nothing, for any other TOC."""
+        if "symlink" in types:
+            return False
+        listed = list(compress(entries, map("chunk".__ne__, types))) if "chunk" in types \
+            else entries
+        names = list(map(_NAME, listed))
+        count = len(names)
+        order = dict(zip(names, range(count), strict=True))
+        if len(order) != count or order.get("", 0) != 0 or (
+                "" in order and listed[0].type != "dir"):
+            return False
+        order[""] = -1
+        parents = map(_HEAD, map(str.rpartition, names, repeat("/")))
+        # where an entry's parent is not listed before it (its parents are implied there)
+        early = list(compress(range(count), map(operator.ge, map(order.get, parents,
+                                                                 repeat(count)), range(count))))
+        if not self._implied_stay_dirs(early, names, listed, order):
+            return False
+        start = 0
+        for at in early:
+            self.entries.update(zip(names[start:at], listed[start:at], strict=True))
+            self._add_parents(names[at], at)
+            start = at
+        self.entries.update(zip(names[start:], listed[start:], strict=True))
+        self.implied.difference_update([name for name in self.implied if name in order])
+        return True
+
+    @staticmethod
+    def _implied_stay_dirs(early: list[int], names: list[str], listed: Sequence[TOCEntry],
+                           order: dict[str, int]) -> bool:
+        """Whether every directory implied before it is listed is listed as a directory."""
+        for at in early:
+            parent = parent_of(names[at])
+            while order.get(parent, -1) > at or parent not in order:
+                later = order.get(parent)
+                if later is not None and listed[later].type != "dir":
+                    return False
+                parent = parent_of(parent)
+        return True
 
     def _move_chunks(self, listed: TOCEntry, name: str) -> None:
         """A file written through a symlink is served from where it lands."""
@@ -156,20 +210,31 @@ class TOCIndex:
             raise TOCError(f"a hardlink points to directory {entry.name!r}")
         return entry
 
-    def _link_tree(self) -> None:
-        known, children = self.entries, self.children
-        for name, entry in islice(known.items(), 1, None):  # all but the root, listed first
-            parent_name = parent_of(name)
-            kids = children.get(parent_name)
-            if kids is None:
-                parent = known[parent_name]
-                if parent.type != "dir":
-                    raise TOCError(f"{name!r} is under {parent.name!r}, which is not a directory")
-                kids = children[parent_name] = []
-            kids.append(entry)
-        counts = self._link_counts
-        for target in self.links.values():
-            counts[id(target)] = counts.get(id(target), 1) + 1
+    def _check_parents(self) -> None:
+        """Every entry's parent is a directory (checked once per parent, in C-level passes;
+        the first entry under a non-directory named when there is one)."""
+        known = self.entries
+        parents = set(map(_HEAD, map(str.rpartition, islice(known, 1, None), repeat("/"))))
+        if all(known[parent].type == "dir" for parent in parents):
+            return
+        for name in islice(known, 1, None):
+            parent = known[parent_of(name)]
+            if parent.type != "dir":
+                raise TOCError(f"{name!r} is under {parent.name!r}, which is not a directory")
+
+    @property
+    def children(self) -> dict[str, list[TOCEntry]]:
+        """Each directory's entries, as listed (hardlinks unresolved): made on first use."""
+        if self._children is None:
+            children: dict[str, list[TOCEntry]] = {}
+            for name, entry in islice(self.entries.items(), 1, None):  # the root is first
+                parent_name = parent_of(name)
+                kids = children.get(parent_name)
+                if kids is None:
+                    kids = children[parent_name] = []
+                kids.append(entry)
+            self._children = children
+        return self._children
 
     def _through_symlinks(self, name: str) -> TOCEntry | None:
         """A hardlink's target named through a symlink of this layer, as containerd finds it."""
@@ -197,15 +262,22 @@ class TOCIndex:
         return iter(self.entries.values())
 
     def __len__(self) -> int:
-        return len(self._in_order)
+        return len(self.entries)
+
+    def _numbering(self) -> tuple[list[TOCEntry], dict[str, int]]:
+        if self._numbered is None:
+            self._numbered = (list(self.entries.values()),
+                              dict(zip(self.entries, range(len(self.entries)), strict=True)))
+        return self._numbered
 
     def number_of(self, entry: TOCEntry) -> int:
         """The number of a path's entry, as ``lookup`` or ``listdir`` gave it."""
-        return self._numbers[entry.name]
+        return self._numbering()[1][entry.name]
 
     def entry_at(self, number: int) -> TOCEntry | None:
         """The entry numbered ``number`` (None when no entry has that number)."""
-        return self._in_order[number] if 0 <= number < len(self._in_order) else None
+        in_order = self._numbering()[0]
+        return in_order[number] if 0 <= number < len(in_order) else None
 
     def chunks_of(self, entry: TOCEntry) -> tuple[Chunk, ...]:
         """The chunks of regular file ``entry`` (as lookup gave it), in file order."""
@@ -216,10 +288,6 @@ class TOCIndex:
             kids = self.children.get(entry.name, ())
             return 2 + sum(1 for k in kids if k.type == "dir")
         return self._link_counts.get(id(entry), 1)
-
-
-def _has_symlink(entries: Sequence[TOCEntry]) -> bool:
-    return any(entry.type == "symlink" for entry in entries)
 
 
 def _count_file_names(entries: Sequence[TOCEntry]) -> dict[str, int]:
