@@ -26,7 +26,7 @@ IMAGES = ("python", "gcc", "server", "large")  # hellobench.images.IMAGE_NAMES, 
 PEER_VARIANTS = ("ctr-remote-optimized",)  # converted by ctr-remote: a measuring instrument
 PEER_BINARIES = ("stargzd", "stargzstore")  # what ../shared/peers/build.sh makes
 DEFAULT_LINKS = ("100mbit-10ms", "unthrottled")
-DEFAULT_SAMPLES = 2  # the full run with --peers: 30-40 min here (3 samples: ~55 min)
+DEFAULT_SAMPLES = 3  # the full run with --peers: ~28 min here (2 samples took 18.8)
 UNSHAPED_VARIANTS = ("estargz-optimized",)
 QUICK_IMAGES = ("python",)
 QUICK_VARIANTS = ("gzip", "estargz-optimized")
@@ -59,9 +59,9 @@ Writes DIR/samples.csv (every sample), DIR/results.md (medians with ratios again
 family's full pull and the Go reference, and the physical limit: the compressed bytes the
 workload needs over the link's rate plus its unavoidable round trips) and DIR/chart.png
 (matplotlib: pip install 'stargz[bench]'). Needs root. It prints its plan and estimated time
-before the first sample: every default with --peers is 192 samples, 30 to 40 minutes on 2
-cores (most of it the full pulls of the large image; --samples 3 about 55); --quick with
---peers 6 samples, about 2 minutes after the first build of the image."""
+before the first sample: every default with --peers is 288 samples, under 30 minutes on 2
+cores (with --samples 2, 192 samples, it took 19 minutes here); --quick with --peers 6
+samples, under 2 minutes once the image is built."""
 
 
 def register(commands: Subparsers) -> None:

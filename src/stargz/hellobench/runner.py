@@ -37,12 +37,13 @@ FULL_VARIANT = "gzip"
 # Wall seconds a sample costs besides moving (and for a full pull unpacking and removing) its
 # bytes, per runtime, measured in a full run on this 2-core machine (load average 3-5): cold
 # start, create, run, stop; a lazy sample's phases are most of it.
-OVERHEAD_S = {"containerd-full": 3.0, "containerd-ours": 3.0, "containerd-go": 2.5,
-              "podman-full": 3.0, "podman-ours": 3.0, "podman-go": 2.5}
+OVERHEAD_S = {"containerd-full": 2.0, "containerd-ours": 3.0, "containerd-go": 2.5,
+              "podman-full": 2.0, "podman-ours": 3.0, "podman-go": 2.5}
 UNSHAPED_MBIT = 1000.0  # loopback: a full pull is bound by decompressing and unpacking
-# a full pull's decompress + unpack, and the removal (and write-back) of what it unpacked, per
-# compressed MB (large, 292 MB: 37 s pulling at 100 Mbit/s, 23 s more before the next sample)
-UNPACK_S_PER_MB = 0.12
+# a full pull's decompress + unpack per compressed MB (python, 68 MB: 8.5 s at 100 Mbit/s of
+# which 5.5 s moving bytes; large, 292 MB: 35.5 s of which 23.3 s). With these a 192-sample run
+# was estimated at 19.8 min and took 18.2 (peers, all defaults, 2 samples, load average 3-5).
+UNPACK_S_PER_MB = 0.05
 TIMELINE_PERIOD_S = 0.02
 READY_SLACK_S = 0.1
 
