@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from stargz.cli.main import GROUPS
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-COMMANDS = ("blob", "convert", "get-toc-digest", "mount", "umount", "rpull", "snapshotter",
-            "store")
+# every command the CLI has, so a new one is checked without editing this list
+COMMANDS = tuple(command for _, commands in GROUPS for command in commands)
 
 
 @pytest.fixture(scope="module")
