@@ -19,7 +19,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -228,6 +227,7 @@ class Manager:
 
 async def serve(settings: LazySettings, root: Path, address: Path) -> None:
     """Serve until SIGTERM/SIGINT, then unmount."""
+    from stargz.fs.mount import on_stop_signals
     from stargz.snapshotter.lazyworker import LazyMounts  # pyfuse3, the registry client
 
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -237,12 +237,10 @@ async def serve(settings: LazySettings, root: Path, address: Path) -> None:
         server = await asyncio.start_unix_server(manager.connection, sock=_listen(address),
                                                  limit=MAX_LINE)
         log.info("FUSE manager serving lazy layers at %s on %s", settings.mountpoint, address)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+        stop = anyio.Event()
         try:
-            await stop.wait()
+            with on_stop_signals(stop):
+                await stop.wait()
             log.info("FUSE manager stopping: unmounting %s", settings.mountpoint)
         finally:
             server.close()
