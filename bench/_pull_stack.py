@@ -31,6 +31,7 @@ from tests.support.registry import RunningRegistry, blob_bytes_served
 from stargz.hellobench.daemons import (
     Containerd,
     GoSnapshotterProcess,
+    ReadinessListener,
     SnapshotterProcess,
     detach_mounts_under,
     python_env,
@@ -86,6 +87,7 @@ class Snapshotter:
     proc: subprocess.Popen[bytes]
     spawned: float  # time.monotonic() just before the spawn
     listening: float  # time.monotonic() when its socket first accepted a connection
+    ready: float  # time.monotonic() at its READY=1 (Go's sends none: when it listens)
     stamper: threading.Thread | None = None  # copies its output to snap.log, time-stamped
 
 
@@ -105,6 +107,11 @@ def start_snapshotter(kind: str, work: Path, config: Path | None,
     argv = daemon.command()
     # this checkout's code, even when the venv's editable install points at another one
     env = python_env((str(REPO / "src"), str(REPO)))
+    # ours says READY=1 (sd_notify) once a pull runs at full speed; containerd is started
+    # then, as systemd starts it after a Type=notify unit ordered before it
+    listener = ReadinessListener() if kind == "ours" else None
+    if listener is not None:
+        env |= listener.env()
     started = time.monotonic()
     stamper = None
     if trace:
@@ -117,10 +124,16 @@ def start_snapshotter(kind: str, work: Path, config: Path | None,
     try:
         # polled every 2 ms: the start-up time is a measured figure
         wait_for_socket(sock, proc, f"{kind} snapshotter", poll_s=0.002)
+        listening = time.monotonic()
+        if listener is not None:
+            listener.wait_ready(proc, f"{kind} snapshotter", poll_s=0.002)
     except BaseException:
         stop_process(proc)
         raise
-    return Snapshotter(proc, started, time.monotonic(), stamper)
+    finally:
+        if listener is not None:
+            listener.close()
+    return Snapshotter(proc, started, listening, time.monotonic(), stamper)
 
 
 def _checked(argv: Sequence[str], env: dict[str, str]) -> str:
@@ -201,6 +214,7 @@ def run_once(mode: Mode, image: str, registry: RunningRegistry, work: Path,
                                             trace)
             result.startup_s = snapshotter.listening - snapshotter.spawned
             result.marks["start"] = (snapshotter.spawned, snapshotter.listening)
+            result.marks["ready"] = (snapshotter.spawned, snapshotter.ready)
         ctd.start()
         _phases(mode, image, ctd.env(), registry, result, workload)
         if snapshotter is not None:

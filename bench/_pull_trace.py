@@ -326,8 +326,11 @@ def bench_rows(sample: Sample, gets: dict[str, tuple[int, int]]) -> Rows:
     spawned, listening = sample.marks["start"]
     rows: Rows = {"snapshotter start -> socket (@ from spawn)": Cell(
         0.0, (listening - spawned) * 1000)}
+    if "ready" in sample.marks:  # Go's stargzd sends no READY=1: ready is its socket
+        rows["snapshotter start -> ready (READY=1)"] = Cell(
+            0.0, (sample.marks["ready"][1] - spawned) * 1000)
     for phase, (start, end) in sample.marks.items():
-        if phase != "start":
+        if phase not in ("start", "ready"):
             rows[f"ctr: {phase}"] = Cell((start - origin) * 1000, (end - start) * 1000)
     for phase, (count, nbytes) in gets.items():
         rows[f"registry blob GETs during {phase}"] = Cell(None, None, nbytes, count)

@@ -16,11 +16,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -68,6 +70,39 @@ def wait_for_socket(path: Path, proc: subprocess.Popen[bytes], what: str,
             except OSError:
                 time.sleep(poll_s)
     raise RuntimeIntegrationError(f"{what} did not listen on {path} within {START_TIMEOUT_S} s")
+
+
+class ReadinessListener:
+    """systemd's side of sd_notify for a daemon we start: a datagram socket whose path goes
+    in the child's ``$NOTIFY_SOCKET``; :meth:`wait_ready` returns at its ``READY=1``, as a
+    ``Type=notify`` unit is started then (and the units ordered after it, containerd, start)."""
+
+    def __init__(self) -> None:
+        # a short directory of its own: unix socket paths fit in 108 bytes
+        self.path = Path(tempfile.mkdtemp(prefix="notify-")) / "notify.sock"
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self._sock.bind(str(self.path))
+
+    def env(self) -> dict[str, str]:
+        return {"NOTIFY_SOCKET": str(self.path)}
+
+    def wait_ready(self, proc: subprocess.Popen[bytes], what: str,
+                   poll_s: float = 0.05) -> None:
+        """Until the child sends READY=1, or it died (RuntimeIntegrationError)."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeIntegrationError(f"{what} exited with {proc.returncode} before "
+                                              "it was ready")
+            ready, _, _ = select.select([self._sock], [], [], poll_s)
+            if ready and b"READY=1" in self._sock.recv(4096).split(b"\n"):
+                return
+        raise RuntimeIntegrationError(f"{what} did not say READY=1 within {START_TIMEOUT_S} s")
+
+    def close(self) -> None:
+        self._sock.close()
+        self.path.unlink(missing_ok=True)
+        self.path.parent.rmdir()
 
 
 def free_port() -> int:
@@ -119,6 +154,15 @@ class Daemon:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def _wait_ready(self, listener: ReadinessListener, what: str) -> None:
+        """Until the daemon's READY=1; if it never comes, the daemon is stopped."""
+        assert self.proc is not None
+        try:
+            listener.wait_ready(self.proc, what)
+        except BaseException:
+            self.stop()
+            raise
 
     def _wait_listening(self, address: Path, what: str) -> None:
         """Until ``address`` accepts connections; if it never does, the daemon is stopped and
@@ -237,10 +281,11 @@ class SnapshotterProcess(Daemon):
 
     def __init__(self, address: Path, root: Path, log: Path,
                  module: str = "stargz.snapshotter.daemon", extra_args: Sequence[str] = (),
-                 log_level: str = "debug") -> None:
+                 log_level: str = "debug", wait_ready: bool = False) -> None:
         self.address, self.root, self.log = address, root, log
         self.module, self.extra_args = module, list(extra_args)
         self.log_level = log_level
+        self.wait_ready = wait_ready  # start() returns at its READY=1, as systemd's Type=notify
         self.proc: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
@@ -248,10 +293,18 @@ class SnapshotterProcess(Daemon):
                 str(self.root), "--log-level", self.log_level, *self.extra_args]
 
     def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                         env=python_env(self.pythonpath))
-        self._wait_listening(self.address, "snapshotter")
+        listener = ReadinessListener() if self.wait_ready else None
+        env = python_env(self.pythonpath) | (listener.env() if listener else {})
+        try:
+            with self.log.open("ab") as log:
+                self.proc = subprocess.Popen(self.command(), stdout=log,
+                                             stderr=subprocess.STDOUT, env=env)
+            self._wait_listening(self.address, "snapshotter")
+            if listener is not None:
+                self._wait_ready(listener, "snapshotter")
+        finally:
+            if listener is not None:
+                listener.close()
 
 class GoSnapshotterProcess(SnapshotterProcess):
     """The Go reference's snapshotter: ``stargzd -address A -root R`` (peers' build.sh)."""

@@ -25,6 +25,7 @@ from stargz.hellobench.daemons import (
     DEFAULT_PEERS,
     SOURCE_ROOT,
     Daemon,
+    ReadinessListener,
     command_failed,
     python_env,
 )
@@ -148,22 +149,22 @@ class StoreProcess(MountedDaemon):
                 "--root", str(self.root), "--log-level", self.log_level, *self.extra_args]
 
     def start(self) -> None:
+        """Returns at the store's READY=1 (mounted, HTTP stack loaded), as systemd's
+        Type=notify would before starting what is ordered after it."""
         offset = self.log.stat().st_size if self.log.exists() else 0
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                         env={**python_env(self.pythonpath), **self.env},
-                                         preexec_fn=_die_with_parent)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while "store serving on" not in self.log_text()[offset:]:
-            if self.proc.poll() is not None:
-                said = " ".join(self.log_text()[offset:].split())[-800:]
-                raise RuntimeIntegrationError(f"stargz store exited {self.proc.returncode}: "
-                                              f"{said}")
-            if time.monotonic() > deadline:
-                self.stop()  # the caller never gets to: no store may outlive its caller
-                raise RuntimeIntegrationError(f"stargz store not serving after "
-                                              f"{START_TIMEOUT_S} s")
-            time.sleep(0.05)
+        listener = ReadinessListener()
+        try:
+            with self.log.open("ab") as log:
+                self.proc = subprocess.Popen(
+                    self.command(), stdout=log, stderr=subprocess.STDOUT,
+                    env={**python_env(self.pythonpath), **self.env, **listener.env()},
+                    preexec_fn=_die_with_parent)
+            self._wait_ready(listener, "stargz store")
+        except RuntimeIntegrationError as err:  # the stop is done: say why, from its log
+            said = " ".join(self.log_text()[offset:].split())[-800:]
+            raise RuntimeIntegrationError(f"{err}: {said}") from None
+        finally:
+            listener.close()
 
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 import grpc
 
-from stargz import logs, trace
+from stargz import logs, sdnotify, trace
 from stargz.config import FileConfig, load_file_config
 from stargz.errors import ConfigError, RuntimeIntegrationError, StargzError
 from stargz.snapshotter.api import snapshots_pb2_grpc
@@ -95,11 +95,11 @@ async def serve(config: SnapshotterConfig, remote: RemoteLayers | None = None,
                 await server.start()
             trace.event("startup_socket_ready")
             log.info("serving containerd snapshots on %s (root %s)", config.address, config.root)
-            warm_up = getattr(remote, "warm_up", None)  # lazy layers: the worker loads while
-            if warm_up is not None:  # containerd starts and connects
-                warm_up()
+            ready = asyncio.create_task(_announce_ready(remote))
             await _wait_for_signal()
+            ready.cancel()
             log.info("shutting down")
+            sdnotify.notify("STOPPING=1")
             await server.stop(SHUTDOWN_GRACE_S)
             if cri_proxy is not None:
                 await cri_proxy.aclose()
@@ -110,6 +110,25 @@ async def serve(config: SnapshotterConfig, remote: RemoteLayers | None = None,
         close = getattr(remote, "aclose", None)  # the lazy layers unmount their FUSE mount
         if close is not None:
             await close()
+
+
+async def _announce_ready(remote: RemoteLayers | None) -> None:
+    """Tell systemd (``Type=notify``) the daemon is ready once the lazy worker has loaded what
+    a Prepare needs. The socket is up before: containerd may connect, and a Prepare that
+    comes early waits for the worker. Ready means a pull no longer shares the interpreter with
+    the worker's imports (130-310 ms of them, measured), so containerd, ordered after us,
+    starts when a pull runs at full speed."""
+    warm_up = getattr(remote, "warm_up", None)
+    ready = getattr(remote, "ready", None)
+    if warm_up is not None and ready is not None:
+        warm_up()
+        try:
+            await ready()
+        except Exception as err:  # still serving: layers fall back to downloads
+            log.warning("lazy layers unavailable, layers will be downloaded: %s", err)
+    trace.event("startup_ready")
+    if sdnotify.notify("READY=1"):
+        log.info("told systemd the snapshotter is ready")
 
 
 def _add_cri_proxy(server: grpc.aio.Server, cri: CriKeychainSettings | None

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from stargz import sdnotify
 from stargz.errors import ConfigError, RuntimeIntegrationError, StargzError
 from stargz.registry.credentials import Credentials
 from stargz.registry.keychain import process_keychain
@@ -237,6 +238,8 @@ async def serve(settings: LazySettings, root: Path, address: Path) -> None:
         server = await asyncio.start_unix_server(manager.connection, sock=_listen(address),
                                                  limit=MAX_LINE)
         log.info("FUSE manager serving lazy layers at %s on %s", settings.mountpoint, address)
+        await mounts.warmed.wait()  # what a first Prepare needs is loaded: systemd may go on
+        sdnotify.notify("READY=1")
         stop = anyio.Event()
         try:
             with on_stop_signals(stop):

@@ -188,6 +188,12 @@ class LazyLayers:
         is up: the imports overlap containerd's start), so the first Prepare finds it ready."""
         self._start()
 
+    async def ready(self) -> None:
+        """Once the worker runs and has loaded what a first Prepare needs (the daemon then
+        tells systemd it is ready). Raises what the worker's start raised."""
+        worker = await asyncio.wrap_future(self._start())
+        await worker.call(lambda mounts: mounts.warmed.wait())
+
     async def prepare_remote(
         self, key: str, parent_chain: Sequence[str], labels: Mapping[str, str]
     ) -> str | None:

@@ -90,6 +90,7 @@ class LazyMounts:
         self._mount_lock = anyio.Lock()
         self._digests: dict[str, str] = {}  # directory name -> layer digest
         self.metrics: FSMetrics | None = None  # one set for the process (see __aenter__)
+        self.warmed = anyio.Event()  # set once the preload is done: a Prepare waits for nothing
 
     async def __aenter__(self) -> LazyMounts:
         settings = self.settings
@@ -103,12 +104,20 @@ class LazyMounts:
         self._service = await self._stack.enter_async_context(service)
         self._group = await self._stack.enter_async_context(anyio.create_task_group())
         # loaded while the daemon starts, rather than by the first request or mount
-        self._group.start_soon(anyio.to_thread.run_sync, _preload)
+        self._group.start_soon(self._preload)
         if settings.metrics_address:
             # served from the start (as the reference does), so fallbacks and registry
             # timings show before any layer is mounted lazily
             self._metrics().serve(settings.metrics_address)
         return self
+
+    async def _preload(self) -> None:
+        try:
+            await anyio.to_thread.run_sync(_preload)
+        except Exception as err:  # met again, and reported, by the Prepare that needs it
+            log.warning("loading the FUSE and HTTP modules at start failed: %s", err)
+        finally:
+            self.warmed.set()
 
     def _metrics(self) -> FSMetrics:
         if self.metrics is None:

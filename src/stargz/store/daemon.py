@@ -17,12 +17,14 @@ from pathlib import Path
 
 import anyio
 
+from stargz import sdnotify
 from stargz.errors import ConfigError, RuntimeIntegrationError
 from stargz.fs.mount import cleanup_stale, first_set, is_mounted, on_stop_signals
 from stargz.layer.service import LayerService
 from stargz.registry.client import RegistryClient
 from stargz.registry.credentials import CredentialStore, containers_auth_files
 from stargz.registry.hosts import HostsConfig
+from stargz.registry.session import warm_up
 from stargz.remote.fetcher import retry_policy
 from stargz.store.core import StoreCore
 from stargz.store.fuse import StoreFS
@@ -74,6 +76,9 @@ async def serve(settings: StoreSettings) -> None:
                 async with fs.running(MOUNT_TIMEOUT_S) as ended:
                     log.info("store serving on %s (state in %s)", settings.mountpoint,
                              settings.root)
+                    # ready once a first pull does not pay for the HTTP stack's lazy imports
+                    await anyio.to_thread.run_sync(warm_up)
+                    sdnotify.notify("READY=1")
                     async with anyio.create_task_group() as group:
                         group.start_soon(_let_go_of_idle_layers, fs.store, ttl)
                         await first_set(stop, ended)

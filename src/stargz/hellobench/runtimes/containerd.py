@@ -57,7 +57,7 @@ class ContainerdRuntime(ColdRuntime):
     def _snapshotter(self, work: Path, sock: Path) -> SnapshotterProcess:
         root, log = work / "snapshotter-root", work / "snapshotter.log"
         if self.snapshotter_kind == "ours":  # info: debug lines per read would slow it
-            return SnapshotterProcess(sock, root, log, log_level="info")
+            return SnapshotterProcess(sock, root, log, log_level="info", wait_ready=True)
         assert self.stargzd is not None
         return GoSnapshotterProcess(self.stargzd, sock, root, log)
 
