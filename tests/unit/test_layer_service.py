@@ -14,7 +14,7 @@ import pytest
 
 from stargz.cache import MemoryCache, TieredCache
 from stargz.config import Config
-from stargz.errors import TOCDigestMismatch, TransportError
+from stargz.errors import InvalidArgumentError, TOCDigestMismatch, TransportError
 from stargz.estargz.reader import TAIL_READ
 from stargz.layer.service import LayerService
 from stargz.registry.reference import Reference
@@ -242,6 +242,50 @@ def test_prepare_waits_for_a_fast_prefetch(tmp_path: Path) -> None:
 def test_prepare_waits_for_a_slow_prefetch_only_until_the_timeout(tmp_path: Path) -> None:
     assert prefetch_case(tmp_path, timeout=0.2, hold=True) == [
         "prefetch asked", "acquire returned, prefetch complete: False", "prefetch answered"]
+
+
+@pytest.mark.parametrize(("timeout", "waited"), [(60, True), (0.2, False)])
+def test_wait_prefetch_waits_for_an_acquired_layer_up_to_the_timeout(
+        tmp_path: Path, timeout: float, waited: bool) -> None:
+    """What the snapshotter's Check does: acquire without waiting, wait for the prefetch
+    later (up to prefetch_timeout_sec), the registry holding the prefetch range meanwhile."""
+    blobs = Blobs(two_blobs(tmp_path, a_file_size=100000))
+    log: list[str] = []
+    held: list[HeldData] = []
+
+    def slow(fetcher: BlobFetcher) -> BlobFetcher:
+        held.append(HeldData(fetcher, log))
+        return held[-1]
+
+    blobs.wrap = slow
+    config = Config(no_background_fetch=True, prefetch_timeout_sec=timeout)
+
+    async def go() -> None:
+        async with service(blobs, config) as layers:
+            layer = await layers.acquire(REPO, A, blobs.built[A].result.toc_digest,
+                                         wait_prefetch=False)
+            assert not layer.stats().prefetch_complete  # the registry holds the range
+            with pytest.raises(InvalidArgumentError, match="not in use"):
+                await layers.wait_prefetch(B)
+            async with anyio.create_task_group() as group:
+                async def wait() -> None:
+                    done = await layers.wait_prefetch(A)
+                    log.append(f"wait_prefetch: {done}, complete: "
+                               f"{layer.stats().prefetch_complete}")
+                    held[0].release.set()
+
+                group.start_soon(wait)
+                if waited:  # released once the prefetch is asked for and being waited for
+                    while "prefetch asked" not in log:
+                        await anyio.sleep(0.01)
+                    log.append("releasing")
+                    held[0].release.set()
+            assert await layer.wait_prefetch()
+
+    run(go)
+    last = (["releasing", "prefetch answered", "wait_prefetch: True, complete: True"] if waited
+            else ["wait_prefetch: False, complete: False", "prefetch answered"])
+    assert log[-len(last):] == last
 
 
 def test_the_service_needs_to_be_running(tmp_path: Path) -> None:

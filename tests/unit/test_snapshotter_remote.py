@@ -51,6 +51,7 @@ class DirectoryLayers:
         self.decline = False
         self.fail_with: Exception | None = None
         self.restore_to: dict[str, str | None] = {}
+        self.check_fails_with: Exception | None = None
 
     def layer_dir(self, digest: str) -> Path:
         path = self.base / digest.replace(":", "-")
@@ -75,6 +76,13 @@ class DirectoryLayers:
 
     async def release(self, name: str, directory: str) -> None:
         self.calls.append(("release", (name, directory)))
+
+    async def check(self, name: str, directory: str) -> None:
+        self.calls.append(("check", (name, directory)))
+        await asyncio.sleep(0)  # a real hook waits for the layer's prefetch here
+        self.calls.append(("checked", name))
+        if self.check_fails_with is not None:
+            raise self.check_fails_with
 
 
 @pytest.fixture
@@ -245,3 +253,60 @@ def test_unusable_directory_from_the_hook_falls_back(
     mounts = run(snap.prepare("extract", "", stargz_labels("sha256:c1")))
     assert mounts[0].type == "bind" and run(snap.stat("extract")).kind is Kind.ACTIVE
     assert layers.calls == [("release", ("sha256:c1", bad))]
+
+
+def remote_chain(snap: Snapshotter) -> None:
+    """Two remote layers (c1, c2) with an ordinary one (c3) on top."""
+    with pytest.raises(AlreadyExistsError):
+        run(snap.prepare("k1", "", stargz_labels("sha256:c1", "sha256:l1")))
+    with pytest.raises(AlreadyExistsError):
+        run(snap.prepare("k2", "sha256:c1", stargz_labels("sha256:c2", "sha256:l2")))
+    run(snap.prepare("k3", "sha256:c2", {}))
+    run(snap.commit("sha256:c3", "k3", {}))
+
+
+@pytest.mark.parametrize("kind", ["prepare", "view"])
+def test_a_container_snapshot_waits_for_each_remote_layer_at_once(
+    snap: Snapshotter, layers: DirectoryLayers, kind: str
+) -> None:
+    remote_chain(snap)
+    layers.calls.clear()
+    create = snap.prepare if kind == "prepare" else snap.view
+    mounts = run(create("container", "sha256:c3", {}))
+    l1, l2 = str(layers.layer_dir("sha256:l1")), str(layers.layer_dir("sha256:l2"))
+    # both waits begun before either ended: concurrent, not one after the other
+    assert layers.calls[:2] == [("check", ("sha256:c2", l2)), ("check", ("sha256:c1", l1))]
+    assert sorted(layers.calls[2:]) == [("checked", "sha256:c1"), ("checked", "sha256:c2")]
+    assert l1 in mounts[0].options[-1] and l2 in mounts[0].options[-1]
+
+
+def test_the_layers_own_prepares_do_not_wait(snap: Snapshotter, layers: DirectoryLayers) -> None:
+    with pytest.raises(AlreadyExistsError):
+        run(snap.prepare("k1", "", stargz_labels("sha256:c1", "sha256:l1")))
+    with pytest.raises(AlreadyExistsError):  # on a remote layer, itself remote: no wait
+        run(snap.prepare("k2", "sha256:c1", stargz_labels("sha256:c2", "sha256:l2")))
+    layers.decline = True  # nor when it falls back to a download
+    run(snap.prepare("k3", "sha256:c2", stargz_labels("sha256:c3", "sha256:l3")))
+    assert [c[0] for c in layers.calls] == ["prepare", "prepare", "prepare"]
+
+
+def test_a_failed_wait_is_a_warning_not_a_failed_prepare(
+    snap: Snapshotter, layers: DirectoryLayers, caplog: pytest.LogCaptureFixture
+) -> None:
+    remote_chain(snap)
+    layers.check_fails_with = TransportError("registry unreachable")
+    mounts = run(snap.prepare("container", "sha256:c3", {}))
+    assert mounts[0].type == "overlay" and run(snap.stat("container")).kind is Kind.ACTIVE
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sorted(warned) == [
+        f"remote layer sha256:{c}: waiting for its prefetch failed: registry unreachable"
+        for c in ("c1", "c2")
+    ]
+
+
+def test_no_remote_layer_below_means_no_wait(snap: Snapshotter, layers: DirectoryLayers) -> None:
+    run(snap.prepare("k1", "", {}))
+    run(snap.commit("sha256:c1", "k1", {}))
+    run(snap.prepare("container", "sha256:c1", {}))
+    run(snap.view("v", "sha256:c1", {}))
+    assert layers.calls == []

@@ -15,8 +15,8 @@ One per process, behind every front end (the snapshotter, ``stargz mount``, the 
   counts). When the last user releases it, its fetches stop and its resolution (the verified TOC)
   stays in an LRU of ``resolve_result_entry`` unused blobs, each kept at most
   ``resolve_result_entry_ttl_sec``, so a quick re-acquire fetches nothing;
-- ``acquire`` waits for the layer's prefetch up to ``prefetch_timeout_sec`` (the reference's
-  Check before a layer is used);
+- ``acquire`` (or, later, ``wait_prefetch``) waits for the layer's prefetch up to
+  ``prefetch_timeout_sec`` (the reference's Check before a layer is used);
 - it owns the chunk caches, the process's background scheduler, and the registry client when it
   made it. Resolving is prioritized work for the scheduler, as in the reference.
 
@@ -221,6 +221,14 @@ class LayerService:
         if layer is not None:
             await layer.close()
             log.info("layer %s released", digest)
+
+    async def wait_prefetch(self, digest: str) -> bool:
+        """Wait for the prefetch of layer ``digest`` (acquired) up to prefetch_timeout_sec;
+        False when it is still running then."""
+        resolution = self._resolved.get(digest)
+        if resolution is None or resolution.layer is None:
+            raise InvalidArgumentError(f"layer {digest} is not in use")
+        return await resolution.layer.wait_prefetch()
 
     def resolve_soon(self, repo: Reference, digest: str, size: int | None = None) -> None:
         """Resolve ``digest`` in the background (a failure is only logged: an acquire tries

@@ -6,11 +6,11 @@ stargz-fuse-manager.
 
 The snapshotter (``[fuse_manager] enable = true``) hands each hook call to it over the unix
 socket ``[fuse_manager] address`` (0600; one JSON line each way): ``prepare`` and ``restore``
-with the snapshot's name and labels, ``release`` by name. A name is counted once per prepare,
-and a restore of a name the manager still serves gives its directory again without a new use:
-a restarted snapshotter reattaches to what is mounted. The names served are kept in
-``<root>/held.json`` (written atomically), so a restarted manager mounts them again (from the
-TOCs kept on disk: no registry needed). SIGTERM unmounts and exits.
+with the snapshot's name and labels, ``release`` and ``check`` (wait for its prefetch) by name.
+A name is counted once per prepare, and a restore of a name the manager still serves gives its
+directory again without a new use: a restarted snapshotter reattaches to what is mounted. The
+names served are kept in ``<root>/held.json`` (written atomically), so a restarted manager
+mounts them again (from the TOCs kept on disk: no registry needed). SIGTERM unmounts and exits.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from stargz import sdnotify
-from stargz.errors import ConfigError, RuntimeIntegrationError, StargzError
+from stargz.errors import ConfigError, NotFoundError, RuntimeIntegrationError, StargzError
 from stargz.registry.credentials import Credentials
 from stargz.registry.keychain import process_keychain
 from stargz.registry.reference import Reference
@@ -71,6 +71,9 @@ class ManagedLazyLayers:
 
     async def release(self, name: str, directory: str) -> None:
         await self._call({"op": "release", "name": name})
+
+    async def check(self, name: str, directory: str) -> None:
+        await self._call({"op": "check", "name": name})
 
     async def aclose(self) -> None:
         """The layers stay mounted: stopping the manager unmounts them."""
@@ -176,6 +179,9 @@ class Manager:
         if op == "release":
             await self._release(name)
             return {}
+        if op == "check":
+            await self._check(name)
+            return {}
         if op not in ("prepare", "restore") or not isinstance(labels, dict):
             raise ConfigError(f"unknown FUSE manager request {op!r}")
         held = self.held.get(name)
@@ -189,6 +195,12 @@ class Manager:
             held["uses"] += 1
             self._save()
         return {"directory": directory}
+
+    async def _check(self, name: str) -> None:
+        held = self.held.get(name)
+        if held is None:
+            raise NotFoundError(f"the FUSE manager serves no snapshot {name}")
+        await self.mounts.check(held["directory"])
 
     async def _release(self, name: str) -> None:
         held = self.held.get(name)

@@ -2,8 +2,9 @@
 
 A Prepare with remote-snapshot labels names a layer (image reference + layer digest) and its TOC
 digest. We open the blob (footer and TOC only, the TOC checked against the digest), add it to the
-daemon's FUSE mount and hand back ``<mountpoint>/<layer digest>`` as the overlayfs lowerdir, once
-the layer's prefetch is done (at most ``prefetch_timeout_sec``). The image's other layers
+daemon's FUSE mount and hand back ``<mountpoint>/<layer digest>`` as the overlayfs lowerdir at once;
+the layer's prefetch goes on, and the container's Prepare on top waits for it (:meth:`check`, at
+most ``prefetch_timeout_sec``), as the reference does. The image's other layers
 (``stargz.layers``) are resolved at the same time, so their Prepares are quick.
 Without a TOC digest we decline: the layer can not be verified, so it is downloaded as usual.
 
@@ -204,6 +205,9 @@ class LazyLayers:
 
     async def release(self, name: str, directory: str) -> None:
         await self._call(lambda m: m.release(directory))
+
+    async def check(self, name: str, directory: str) -> None:
+        await self._call(lambda m: m.check(directory))
 
     async def aclose(self) -> None:
         """Unmount, close the layers, stop the worker (the daemon calls this on its way out)."""

@@ -23,6 +23,7 @@ import anyio
 import anyio.abc
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from stargz.errors import NotFoundError
 from stargz.layer.service import LayerService
 from stargz.registry.client import RegistryClient
 from stargz.registry.credentials import CredentialStore
@@ -154,8 +155,8 @@ class LazyMounts:
                 self.service.resolve_soon(source.repository, digest)
         if self._fs is None and self._group is not None:  # mounted while the layer resolves
             self._group.start_soon(self._mount_soon)
-        with span("lazy_prepare", layer=source.digest):
-            return await self._mount_layer(source, wait_prefetch=True)
+        with span("lazy_prepare", layer=source.digest):  # the container's Prepare waits
+            return await self._mount_layer(source, wait_prefetch=False)
 
     async def restore(self, labels: Mapping[str, str]) -> str | None:
         source = LayerSource.from_labels(labels)
@@ -184,6 +185,19 @@ class LazyMounts:
             self._digests.pop(name, None)
             if self._fs is not None:
                 self._fs.remove_layer(name)
+
+    async def check(self, directory: str) -> None:
+        """Once the prefetch of the layer at ``directory`` is done, or prefetch_timeout_sec
+        passed (the reference's Check before a container uses the layer)."""
+        name = Path(directory).name
+        digest = self._digests.get(name)
+        if digest is None:
+            raise NotFoundError(f"no lazy layer is mounted at {directory}")
+        with span("prefetch_check", layer=digest):
+            done = await self.service.wait_prefetch(digest)
+        if not done:
+            log.warning("layer %s: prefetch not done after %g s, the container starts anyway",
+                        digest, self.settings.layer.prefetch_timeout_sec)
 
     async def _mount_layer(self, source: LayerSource, wait_prefetch: bool) -> str:
         """The layer's directory in the mount; with ``wait_prefetch``, once its prefetch is

@@ -70,6 +70,12 @@ class RemoteLayers(Protocol):
         """The snapshot using ``directory`` is gone; unmount it if nothing else uses it."""
         ...
 
+    async def check(self, name: str, directory: str) -> None:
+        """The layer under ``directory`` (snapshot ``name``) is about to be used by a container:
+        return once its prefetch is done, or ``prefetch_timeout_sec`` passed (the reference's
+        fs.Check). Raising only logs a warning: the container starts anyway."""
+        ...
+
 
 class NoRemoteLayers:
     """The hook when no lazy filesystem is configured: every layer is downloaded as usual."""
@@ -85,4 +91,7 @@ class NoRemoteLayers:
         return None
 
     async def release(self, name: str, directory: str) -> None:
+        return None
+
+    async def check(self, name: str, directory: str) -> None:
         return None

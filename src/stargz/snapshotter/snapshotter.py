@@ -118,14 +118,20 @@ class Snapshotter:
             return tx.update(name, labels, fieldpaths)
 
     async def view(self, key: str, parent: str, labels: Mapping[str, str]) -> list[Mount]:
-        return self.layout.mounts(self._create(Kind.VIEW, key, parent, labels))
+        snapshot = self._create(Kind.VIEW, key, parent, labels)
+        await self._check_remote_parents(snapshot, parent)
+        return self.layout.mounts(snapshot)
 
     async def prepare(self, key: str, parent: str, labels: Mapping[str, str]) -> list[Mount]:
         """An active snapshot; or, for a remote-snapshot request the hook can serve, the layer
-        committed under the ``.ref`` name and AlreadyExistsError (the containerd handshake)."""
+        committed under the ``.ref`` name and AlreadyExistsError (the containerd handshake).
+        An ordinary snapshot (a container's rootfs) on remote layers returns once their
+        prefetch is done (see :meth:`_check_remote_parents`)."""
         snapshot = self._create(Kind.ACTIVE, key, parent, labels)
         kill_point("prepare-created")
-        if wants_remote(labels) and await self._prepare_remote(key, parent, labels):
+        if not wants_remote(labels):
+            await self._check_remote_parents(snapshot, parent)
+        elif await self._prepare_remote(key, parent, labels):
             raise AlreadyExistsError(
                 f"target snapshot {labels[LABEL_SNAPSHOT_REF]!r} already exists"
             )
@@ -189,6 +195,24 @@ class Snapshotter:
                     f"layer {layer.id} is a remote snapshot that could not be mounted again "
                     "after a restart; remove the image and pull it again"
                 )
+
+    async def _check_remote_parents(self, snapshot: Snapshot, parent: str) -> None:
+        """Wait for the prefetch of the remote layers below ``snapshot``, all at once (the
+        reference's checkAvailability): the layers' own Prepares did not, so containerd's work
+        between pull and create overlapped it. A failure only costs the wait: logged."""
+        if not any(layer.remote_dir is not None for layer in snapshot.parents):
+            return
+        with self.store.transaction() as tx:
+            records = [tx.get(name) for name in _chain_names(tx, parent)]
+        remote = [(r.info.name, r.remote_dir) for r in records if r.remote_dir is not None]
+        results = await asyncio.gather(
+            *(self.remote.check(name, directory) for name, directory in remote),
+            return_exceptions=True)
+        for (name, _), result in zip(remote, results, strict=True):
+            if isinstance(result, Exception):
+                log.warning("remote layer %s: waiting for its prefetch failed: %s", name, result)
+            elif isinstance(result, BaseException):
+                raise result
 
     async def _prepare_remote(self, key: str, parent: str, labels: Mapping[str, str]) -> bool:
         """True when the layer is now a committed remote snapshot (the caller answers
