@@ -413,9 +413,13 @@ class Layer:
 
     async def _fetch_rest(self) -> None:
         """Fetch every chunk not yet cached, through the scheduler (see _fetch_in_background)."""
+        # the chunk list is 10-200 ms of CPU (8,000-100,000 files): made once the daemon is
+        # quiet and on a thread, so neither a Prepare's wait nor a reader waits for it
+        await self.scheduler.until_quiet()
+        chunks = await asyncio.to_thread(lambda: self.all_chunks)
         with span("background", layer=self._digest) as traced, \
                 opmetrics.timed(opmetrics.BACKGROUND_FETCH_TOTAL, self._digest):
-            failures = await self._fetch_groups(self.all_chunks, "background")
+            failures = await self._fetch_groups(chunks, "background")
             traced.set(bytes=self._stats.fetched_background, failures=failures)
         self._stats.background_complete = failures == 0 and not self._background_off
 

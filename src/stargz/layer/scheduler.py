@@ -71,7 +71,7 @@ class BackgroundScheduler:
         """Run one background fetch once the daemon is quiet, in one of the slots; if
         prioritized work cancels it, run it again later. Cancelling the caller cancels it."""
         while True:
-            await self._until_quiet()
+            await self.until_quiet()
             async with self._slots:
                 if not self._quiet():
                     continue  # prioritized work came while we waited for a slot
@@ -95,7 +95,9 @@ class BackgroundScheduler:
     def _quiet(self) -> bool:
         return self.quiet_in() == 0.0
 
-    async def _until_quiet(self) -> None:
+    async def until_quiet(self) -> None:
+        """Return once a background fetch may start (no prioritized work, ``quiet_sec`` and
+        the last use behind us)."""
         while True:
             if self._prioritized:
                 await self._idle.wait()
