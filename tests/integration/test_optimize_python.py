@@ -104,6 +104,9 @@ def test_a_lazy_run_fetches_the_prefetch_range_and_almost_nothing_more(
                            extra_args=["--config", str(config)]) as stack:
             image = f"{proxy.host}/{REPO}:opt"
             assert "1 lazy" in stack.rpull(image).stdout
+            # the container's Prepare returns once the prefetch is done
+            stack.containerd.ctr("containers", "create", "--snapshotter", "stargz", image,
+                                 "t-prefetched")
             at_mount = proxy.served("/blobs/", method="GET")
             out = stack.run(image, "t-optimized", *ENTRYPOINT, *ARGS)
             on_demand = proxy.served("/blobs/", method="GET")[len(at_mount):]

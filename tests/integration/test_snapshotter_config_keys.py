@@ -195,6 +195,8 @@ noprefetch = {str(noprefetch).lower()}
 """) as stack:
         image = _via(proxy, landmark_image)
         assert "2 lazy" in stack.rpull(image).stdout, stack.snapshotter.log_text()
+        # the container's Prepare returns once the prefetch is done (the pull's did not wait)
+        stack.containerd.ctr("containers", "create", "--snapshotter", "stargz", image, "t-pf")
         fetched = proxy.bytes_served("/blobs/", method="GET")
         if noprefetch:  # footers and TOCs only
             assert fetched < BIG_SIZE // 8, fetched
@@ -253,11 +255,12 @@ def test_disable_verification_mounts_a_wrong_toc_digest_loudly(
         assert "disable_verification" in log
 
 
-def _prepare(address: Path, key: str, labels: dict[str, str]) -> grpc.StatusCode:
+def _prepare(address: Path, key: str, labels: dict[str, str],
+             parent: str = "") -> grpc.StatusCode:
     with grpc.insecure_channel(f"unix://{address}") as channel:
         stub = snapshots_pb2_grpc.SnapshotsStub(channel)  # type: ignore[no-untyped-call]
         try:
-            stub.Prepare(pb.PrepareSnapshotRequest(snapshotter="stargz", key=key,
+            stub.Prepare(pb.PrepareSnapshotRequest(snapshotter="stargz", key=key, parent=parent,
                                                    labels=labels), timeout=60)
         except grpc.RpcError as err:
             return err.code()
@@ -327,6 +330,9 @@ def test_prefetch_label_sets_the_bytes_to_prefetch(
                 labels[LABEL_STARGZ_PREFETCH] = label
             code = _prepare(snapshotter.address, "k", labels)
             assert code == grpc.StatusCode.ALREADY_EXISTS, snapshotter.log_text()[-3000:]
+            # a container's snapshot on the layer: returns once the prefetch is done
+            assert _prepare(snapshotter.address, "c", {}, parent=labels[LABEL_SNAPSHOT_REF]) \
+                == grpc.StatusCode.OK, snapshotter.log_text()[-3000:]
             fetched = proxy.bytes_served(digest, method="GET")
             if int(label if label is not None else prefetch_size) == 0:  # footer and TOC only
                 assert fetched < BIG_SIZE // 8, fetched

@@ -162,6 +162,9 @@ class ExtractingLayers:
     async def release(self, name: str, directory: str) -> None:
         self._record("release", name=name, dir=directory)
 
+    async def check(self, name: str, directory: str) -> None:
+        self._record("check", name=name, dir=directory)  # unpacked in full: nothing to wait for
+
 
 def _fetch_and_unpack(reference: str, digest: str, target: Path) -> None:
     host, _, path = reference.partition("/")

@@ -223,11 +223,12 @@ class LayerService:
             log.info("layer %s released", digest)
 
     async def wait_prefetch(self, digest: str) -> bool:
-        """Wait for the prefetch of layer ``digest`` (acquired) up to prefetch_timeout_sec;
-        False when it is still running then."""
+        """Wait for acquired layer ``digest``'s prefetch; False: still running at the timeout."""
         resolution = self._resolved.get(digest)
         if resolution is None or resolution.layer is None:
             raise InvalidArgumentError(f"layer {digest} is not in use")
+        if not resolution.layer.stats().prefetch_complete:
+            log.info("layer %s: waiting for its prefetch", digest)
         return await resolution.layer.wait_prefetch()
 
     def resolve_soon(self, repo: Reference, digest: str, size: int | None = None) -> None:
