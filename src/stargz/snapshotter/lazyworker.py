@@ -4,7 +4,8 @@ the process's LayerService and the FUSE mount of every lazy layer on it.
 Loaded when the worker starts (``LazyLayers.warm_up`` or the first hook call), not with the
 snapshotter: pyfuse3 and the registry client take a few hundred milliseconds to import. The
 worker is ready once the layer service is: the FUSE mount's modules (pyfuse3 with trio,
-prometheus_client) load on a thread behind it, so a first Prepare starts resolving its layer
+prometheus_client) load on a thread behind it, then the (empty) mount is made, and the daemon
+tells systemd it is ready (``warmed``). A Prepare that comes sooner starts resolving its layer
 (a network wait) while they load, instead of waiting for them.
 """
 
@@ -113,8 +114,11 @@ class LazyMounts:
         return self
 
     async def _preload(self) -> None:
+        """Load the modules, then mount: a first Prepare's footer+TOC fetch then shares the
+        process with neither (bench/pull traces: 38-62 ms beside the mount, 10-13 ms after)."""
         try:
             await anyio.to_thread.run_sync(_preload)
+            await self._mount_soon()
         except Exception as err:  # met again, and reported, by the Prepare that needs it
             log.warning("loading the FUSE and HTTP modules at start failed: %s", err)
         finally:
