@@ -52,12 +52,15 @@ def _same_either_way(raw: bytes, monkeypatch: pytest.MonkeyPatch) -> bool:
     return any(taken)
 
 
-def test_a_writers_toc_without_symlinks_is_indexed_as_listed(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_writers_toc_is_indexed_as_listed(monkeypatch: pytest.MonkeyPatch) -> None:
     raw = WRITERS_TOC.replace(b'"type": "symlink"', b'"type": "fifo"')
     raw = raw.replace(b'"dev/null"', b'"bin/null"')
     assert _same_either_way(raw, monkeypatch)
-    assert not _same_either_way(WRITERS_TOC, monkeypatch)  # a symlink: entry by entry
+    assert _same_either_way(WRITERS_TOC, monkeypatch)  # a symlink nothing is listed under
+    # an entry under a symlink's name goes where the symlink leads: entry by entry
+    through = WRITERS_TOC.replace(b'"dev/null"', b'"lib/null"')
+    assert not _same_either_way(through, monkeypatch)
+    assert _index_of(through)[0][-1][0] == "usr/lib/null"
     implied = _toc({"name": "data/d0/", "type": "dir"}, {"name": "data/d0/f", "type": "reg"},
                    {"name": "data/d1/f", "type": "reg"})
     assert _same_either_way(implied, monkeypatch)  # data and data/d1 implied where first used

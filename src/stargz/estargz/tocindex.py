@@ -109,19 +109,20 @@ class TOCIndex:
             self._drop_replaced()
 
     def _add_as_listed(self, entries: Sequence[TOCEntry], types: list[str]) -> bool:
-        """A TOC as writers write it, in C-level passes: no symlink, each name once (the
-        root, if listed, first and a directory), and a directory listed after something
-        under it (implied until then) a directory, so nothing is replaced and every entry
-        stays where it is listed. False, having added nothing, for any other TOC."""
-        if "symlink" in types:
-            return False
+        """A TOC as writers write it, in C-level passes: nothing listed under a symlink's
+        name, each name once (the root, if listed, a directory), and a directory
+        listed after something under it (implied until then) a directory, so nothing is
+        replaced and every entry stays where it is listed. False, having added nothing, for
+        any other TOC."""
         listed = list(compress(entries, map("chunk".__ne__, types))) if "chunk" in types \
             else entries
         names = list(map(_NAME, listed))
+        if "symlink" in types and _under_a_symlink(listed, names):
+            return False
         count = len(names)
         order = dict(zip(names, range(count), strict=True))
-        if len(order) != count or order.get("", 0) != 0 or (
-                "" in order and listed[0].type != "dir"):
+        # the root may come after other entries (ctr-remote lists its landmark file first)
+        if len(order) != count or ("" in order and listed[order[""]].type != "dir"):
             return False
         order[""] = -1
         parents = map(_HEAD, map(str.rpartition, names, repeat("/")))
@@ -288,6 +289,18 @@ class TOCIndex:
             kids = self.children.get(entry.name, ())
             return 2 + sum(1 for k in kids if k.type == "dir")
         return self._link_counts.get(id(entry), 1)
+
+
+def _under_a_symlink(listed: Sequence[TOCEntry], names: list[str]) -> bool:
+    """Whether some entry's path goes through a symlink's name: containerd would write it
+    where the symlink leads (tocplace). Otherwise every entry stays where it is listed."""
+    symlinks = set(compress(names, map("symlink".__eq__, map(_TYPE, listed))))
+    ancestors: set[str] = set()
+    for directory in set(map(_HEAD, map(str.rpartition, names, repeat("/")))):
+        while directory and directory not in ancestors:
+            ancestors.add(directory)
+            directory = directory.rpartition("/")[0]
+    return not ancestors.isdisjoint(symlinks)
 
 
 def _count_file_names(entries: Sequence[TOCEntry]) -> dict[str, int]:

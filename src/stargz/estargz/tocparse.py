@@ -208,6 +208,8 @@ class _FastPath:
         # unclean anywhere (one search over all names) means cleaning name by name.
         for at in list(compress(range(len(names)), map(_ENDS_WITH_SLASH, names))):
             names[at] = names[at][:-1]
+        for at in list(compress(range(len(names)), map(".".__eq__, names))):
+            names[at] = ""  # the root, as writers list it ("./")
         if _UNCLEAN_JOINED.search("\0" + "\0".join(names) + "\0"):
             names = [clean_name(name) for name in map(_NAME, entries)]
         for at in list(compress(range(len(names)),
