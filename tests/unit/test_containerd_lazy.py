@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -124,4 +125,7 @@ def test_a_layer_without_toc_digest_is_declined(tmp_path: Path) -> None:
             await lazy.aclose()
 
     asyncio.run(check())
-    assert not (tmp_path / "never-mounted").exists()
+    # the daemon's (empty) mount may have been made at start; no layer went into it
+    mountpoint = tmp_path / "never-mounted"
+    assert not os.path.ismount(mountpoint)
+    assert not mountpoint.exists() or not any(mountpoint.iterdir())

@@ -24,7 +24,7 @@ import anyio
 import anyio.abc
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from stargz.errors import NotFoundError
+from stargz.errors import FailedPreconditionError, NotFoundError
 from stargz.layer.service import LayerService
 from stargz.registry.client import RegistryClient
 from stargz.registry.credentials import CredentialStore
@@ -90,6 +90,7 @@ class LazyMounts:
         self._fs: LazyFS | None = None
         self._fs_ended: anyio.Event | None = None
         self._mount_lock = anyio.Lock()
+        self._closing = False  # set on exit: a mount still to come (the preload's) is not made
         self._digests: dict[str, str] = {}  # directory name -> layer digest
         self.metrics: FSMetrics | None = None  # one set for the process (see __aenter__)
         self.warmed = anyio.Event()  # set once the preload is done: a Prepare waits for nothing
@@ -136,8 +137,10 @@ class LazyMounts:
 
     async def __aexit__(self, *exc_info: object) -> None:
         """Unmount (the mount's task group goes first), then close the layers and client."""
-        if self._fs is not None:
-            self._fs.stop()
+        async with self._mount_lock:  # a mount being made (the preload's) is made, then stopped
+            self._closing = True
+            if self._fs is not None:
+                self._fs.stop()
         await self._stack.aclose()
 
     @property
@@ -233,6 +236,8 @@ class LazyMounts:
 
     async def _mounted(self) -> LazyFS:
         async with self._mount_lock:
+            if self._closing:
+                raise FailedPreconditionError("the snapshotter is shutting down")
             if self._fs is not None and self._fs_ended is not None and not self._fs_ended.is_set():
                 return self._fs
             mountpoint = self.settings.mountpoint
