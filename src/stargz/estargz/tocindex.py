@@ -57,7 +57,8 @@ class TOCIndex:
         self.implied: set[str] = set()  # directories no entry lists (their parents are)
         self._positions: dict[str, int] = {"": -1}  # where each name was (last) listed
         types = list(map(_TYPE, entries))
-        self._files_named = _count_file_names(entries) if "symlink" in types else {}
+        self._listed = entries  # until built: _move_chunks counts the files named alike
+        self._files_named: dict[str, int] | None = None
         self._implied_budget = _ImpliedBudget(len(entries), limits)
         self._add_all(entries, types)
         self.links: dict[str, TOCEntry] = {}  # hardlink name → its final target
@@ -70,6 +71,7 @@ class TOCIndex:
         for target in self.links.values():
             self._link_counts[id(target)] = self._link_counts.get(id(target), 1) + 1
         self._positions.clear()  # only needed while building
+        self._listed, self._files_named = (), None
         # Each path's number (its place in ``entries``): a compact key for it, from which a
         # filesystem computes inode numbers instead of keeping a table of them. Made on the
         # first use (the entries never change once built).
@@ -157,6 +159,8 @@ class TOCIndex:
         """A file written through a symlink is served from where it lands."""
         if listed.type != "reg" or listed.size == 0:
             return
+        if self._files_named is None:  # only a file written through a symlink asks
+            self._files_named = _count_file_names(self._listed)
         if self._files_named.get(listed.name, 0) > 1:
             raise TOCError(f"{listed.name!r} is listed twice and written through a symlink")
         several = self.chunks.several.pop(listed.name, None)
