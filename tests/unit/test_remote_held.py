@@ -66,9 +66,9 @@ def open_and_read_all(built: Built, config: Config) -> CountingFetcher:
 
 
 def test_a_small_blob_is_fetched_once_whole_at_most(tmp_path: Path) -> None:
-    files = {f"lib/f{i}.bin": payload(i, 30000) for i in range(8)}
-    files["app/first.bin"] = payload(100, 30000)
-    built = build_blob(tmp_path, files, chunk_size=10000, level=1,
+    files = {f"lib/f{i}.bin": payload(i, 6000) for i in range(6)}
+    files["app/first.bin"] = payload(100, 6000)
+    built = build_blob(tmp_path, files, chunk_size=2000, level=1,
                        prioritized=("app/first.bin",))
     size = built.result.blob_size
     assert size < TAIL_READ  # the tail read holds the whole blob
@@ -81,9 +81,9 @@ def test_a_small_blob_is_fetched_once_whole_at_most(tmp_path: Path) -> None:
 
 def test_a_prefetch_running_into_the_tail_fetches_no_byte_twice(tmp_path: Path) -> None:
     # the prioritized files (prefetched, fetched ahead of the TOC's parse) reach past the start
-    # of the 512 KiB tail
-    files = {f"app/p{i}.bin": payload(i, 100000) for i in range(7)}
-    files.update({f"lib/f{i}.bin": payload(50 + i, 40000) for i in range(4)})
+    # of the 64 KiB tail
+    files = {f"app/p{i}.bin": payload(i, 60000) for i in range(7)}
+    files.update({f"lib/f{i}.bin": payload(50 + i, 8000) for i in range(4)})
     built = build_blob(tmp_path, files, chunk_size=16384, level=1,
                        prioritized=tuple(f"app/p{i}.bin" for i in range(7)))
     size = built.result.blob_size

@@ -49,7 +49,10 @@ from stargz.estargz.tocindex import TOCIndex
 
 log = logging.getLogger(__name__)
 
-TAIL_READ = 512 << 10  # one read usually holds footer and TOC together
+# The first read of a blob's end: the footer, and the TOC when it is small. A bigger TOC's start
+# is read next, exactly (as the reference reads the footer, then the TOC): a generous first read
+# brought chunk data before the TOC that a workload may never read (python3 image: ~60 kB).
+TAIL_READ = 64 << 10
 # After the TOC JSON: its padding and the tar's end (tar writers pad to 10 KiB records).
 _TAR_TRAILER = 64 << 10
 _ENTRY_OFFSET = attrgetter("offset")

@@ -1,4 +1,5 @@
-"""Opening a remote blob: footer and TOC in one generous tail read (two when the TOC is big),
+"""Opening a remote blob: footer and TOC in one tail read of TAIL_READ bytes (two when the TOC
+is bigger: the rest of it, exactly),
 or, for a layer whose TOC is kept outside it (external TOC), the footer and that TOC."""
 
 from __future__ import annotations
