@@ -237,7 +237,7 @@ class LazyMounts:
     async def _mounted(self) -> LazyFS:
         async with self._mount_lock:
             if self._closing:
-                raise FailedPreconditionError("the snapshotter is shutting down")
+                raise FailedPreconditionError("the lazy layers are shutting down")
             if self._fs is not None and self._fs_ended is not None and not self._fs_ended.is_set():
                 return self._fs
             mountpoint = self.settings.mountpoint
