@@ -201,3 +201,43 @@ def test_noprefetch_fetches_nothing_ahead(tmp_path: Path) -> None:
             await layers.release(DIGEST)
 
     asyncio.run(go())
+
+
+class _Stalling:
+    """A fetcher whose requests wait until ``go`` is set, counting how many are in flight."""
+
+    size = 10 << 20
+
+    def __init__(self) -> None:
+        self.go = anyio.Event()
+        self.in_flight = self.most_in_flight = 0
+
+    async def fetch(self, ranges: list[Range]) -> list[bytes]:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await self.go.wait()
+        finally:
+            self.in_flight -= 1
+        return [bytes(end - start) for start, end in ranges]
+
+
+def test_pieces_fetched_ahead_take_at_most_their_slots() -> None:
+    """Two layers' prefetch ranges share the slots, so a stalled prefetch leaves the registry
+    client's other requests to on-demand reads."""
+    async def go() -> None:
+        slots = anyio.CapacityLimiter(3)
+        inners = [_Stalling(), _Stalling()]
+        aheads = [AheadFetcher(inner, 6 << 20, 6, 5.0, slots) for inner in inners]
+        async with anyio.create_task_group() as group:
+            for ahead in aheads:
+                group.start_soon(ahead.run)
+            await anyio.wait_all_tasks_blocked()
+            assert sum(inner.in_flight for inner in inners) == 3
+            for inner in inners:
+                inner.go.set()
+        assert all(inner.in_flight == 0 for inner in inners)
+        for ahead in aheads:  # every piece came, and answers from memory
+            assert await ahead.fetch([(0, 6 << 20)]) == [bytes(6 << 20)]
+
+    anyio.run(go)

@@ -63,6 +63,11 @@ K = TypeVar("K", str, tuple[str, str])
 # A prefetch range bigger than this is fetched by the layer after the TOC's parse, in steps,
 # rather than held whole in memory ahead of it.
 MAX_FETCH_AHEAD = 32 << 20
+# Prefetch ranges fetched ahead, in all layers together, hold at most this many of the registry
+# client's range requests (8) at a time: the rest stay free for on-demand reads. With none
+# left, a read of another layer queued behind a slow prefetch (ctr's read of /etc/group waited
+# for a stalled one in test_prefetch_at_create).
+AHEAD_REQUESTS = 4
 OpenFetcher = Callable[[Reference, str, "int | None"], Awaitable[BlobFetcher]]
 
 
@@ -138,6 +143,7 @@ class LayerService:
         self._resolved: dict[str, Resolution] = {}
         self._unused: OrderedDict[str, None] = OrderedDict()  # resolved, no user; oldest first
         self._toc_images: dict[str, TOCImage] = {}  # image -> its TOC image (external TOCs)
+        self._ahead_slots: anyio.CapacityLimiter | None = None  # made on the loop, when first used
         self._group: anyio.abc.TaskGroup | None = None
         self._unverified_reasons: dict[str, str] = {}  # digest -> why its TOC is trusted
         self._prefetch_sizes: dict[str, int] = {}  # digest -> its front end's prefetch_size
@@ -293,7 +299,10 @@ class LayerService:
         if not end or end > MAX_FETCH_AHEAD:
             return fetcher
         pieces = -(-end // max(1, self.config.background_batch_bytes))
-        ahead = AheadFetcher(fetcher, end, pieces, self.config.blob.fetch_timeout_sec)
+        if self._ahead_slots is None:
+            self._ahead_slots = anyio.CapacityLimiter(AHEAD_REQUESTS)
+        ahead = AheadFetcher(fetcher, end, pieces, self.config.blob.fetch_timeout_sec,
+                             self._ahead_slots)
         self._group.start_soon(ahead.run)
         return ahead
 

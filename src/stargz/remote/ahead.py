@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import anyio
@@ -20,8 +21,10 @@ class AheadFetcher:
     held, goes to ``inner``. The bytes are the raw blob's: whoever reads them still decodes
     and verifies every chunk. :meth:`drop` lets them go once the prefetch has used them."""
 
-    def __init__(self, inner: BlobFetcher, end: int, pieces: int, timeout: float) -> None:
+    def __init__(self, inner: BlobFetcher, end: int, pieces: int, timeout: float,
+                 slots: anyio.CapacityLimiter | None = None) -> None:
         self._inner = inner
+        self._slots = slots  # at most this many pieces in flight (shared by the process's layers)
         self._end = min(end, inner.size)
         step = -(-self._end // max(1, pieces))
         self._pieces: list[Range] = [(at, min(at + step, self._end))
@@ -40,7 +43,8 @@ class AheadFetcher:
         return self._end
 
     async def run(self) -> None:
-        """Fetch the pieces, all at once (a failed one is left to the readers' own fetch)."""
+        """Fetch the pieces, as many at once as ``slots`` allow (a failed one is left to the
+        readers' own fetch)."""
         with span("prefetch_ahead", end=self._end, pieces=len(self._pieces)):
             async with anyio.create_task_group() as group:
                 for index in range(len(self._pieces)):
@@ -48,7 +52,9 @@ class AheadFetcher:
 
     async def _fetch_piece(self, index: int) -> None:
         try:
-            (data,) = await fetch_checked(self._inner, [self._pieces[index]], self._timeout)
+            async with self._slots or contextlib.nullcontext():
+                (data,) = await fetch_checked(self._inner, [self._pieces[index]],
+                                              self._timeout)
             if not self._dropped:
                 self._data[index] = data
         except Exception as err:  # never the service's task group's failure: a reader
