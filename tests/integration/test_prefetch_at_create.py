@@ -87,6 +87,23 @@ def _stack(work: Path, toml: str, managed: bool) -> Iterator[tuple[Stack, Path]]
             stop_process(manager)
 
 
+@contextlib.contextmanager
+def _pulled_behind_a_gate(work: Path, registry: str, landmark_image: str, timeout_s: int,
+                          managed: bool) -> Iterator[tuple[PrefetchGate, Stack, Path, str, str]]:
+    """The landmark image pulled lazily through a gate holding its top layer's prefetch range
+    (its 12 MiB file is before the landmark), with ``prefetch_timeout_sec = timeout_s``:
+    the gate, the stack, its log, the image as pulled and the top layer's digest."""
+    top = _layer_digests(landmark_image)[-1]
+    with _gated(registry, top) as gate, _stack(work, f"""
+plain_http = ["{gate.host}"]
+no_background_fetch = true
+prefetch_timeout_sec = {timeout_s}
+""", managed) as (stack, log):
+        image = _via(gate, landmark_image)
+        assert "2 lazy" in stack.rpull(image).stdout, log.read_text()[-3000:]
+        yield gate, stack, log, image, top
+
+
 def _prefetch_done(stack: Stack, digest: str) -> object:
     out = subprocess.run([sys.executable, "-m", "stargz.cli.main", "status", "--root",
                           str(stack.snapshotter.root), "--json"], check=True,
@@ -105,15 +122,9 @@ def _wait_for_line(log: Path, line: str) -> None:
 @pytest.mark.parametrize("managed", [False, True], ids=["in-process", "fuse-manager"])
 def test_the_pull_does_not_wait_for_the_prefetch_the_container_does(
         tmp_path: Path, registry: str, landmark_image: str, managed: bool) -> None:
-    top = _layer_digests(landmark_image)[-1]  # its 12 MiB file is before the landmark
-    with _gated(registry, top) as gate, _stack(tmp_path, f"""
-plain_http = ["{gate.host}"]
-no_background_fetch = true
-prefetch_timeout_sec = 600
-""", managed) as (stack, log):
-        image = _via(gate, landmark_image)
-        # the pull returns with the prefetch range held at the registry
-        assert "2 lazy" in stack.rpull(image).stdout, log.read_text()[-3000:]
+    with _pulled_behind_a_gate(tmp_path, registry, landmark_image, 600, managed) as (
+            gate, stack, log, image, top):
+        # the pull returned with the prefetch range held at the registry
         assert gate.bytes_served(top, method="GET") < BIG_SIZE // 8
         assert _prefetch_done(stack, top) is False
 
@@ -141,14 +152,8 @@ prefetch_timeout_sec = 600
 
 def test_prefetch_timeout_sec_bounds_the_containers_wait(
         tmp_path: Path, registry: str, landmark_image: str) -> None:
-    top = _layer_digests(landmark_image)[-1]
-    with _gated(registry, top) as gate, _stack(tmp_path, f"""
-plain_http = ["{gate.host}"]
-no_background_fetch = true
-prefetch_timeout_sec = 1
-""", managed=False) as (stack, log):
-        image = _via(gate, landmark_image)
-        assert "2 lazy" in stack.rpull(image).stdout, log.read_text()[-3000:]
+    with _pulled_behind_a_gate(tmp_path, registry, landmark_image, 1, managed=False) as (
+            gate, stack, log, image, top):
         # the range stays held: the create goes on after prefetch_timeout_sec, and says so
         stack.containerd.ctr("containers", "create", "--snapshotter", "stargz", image, "t-late")
         assert gate.bytes_served(top, method="GET") < BIG_SIZE // 8
