@@ -28,6 +28,20 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[support.Runni
         yield running
 
 
+LOG_WAIT_S = 10.0  # a bound on waiting for the registry's access log, not a measure
+
+
+async def logged_after(registry: support.RunningRegistry, digest: str, seen: int,
+                       count: int = 1) -> list[str]:
+    """The blob's requests after the first ``seen``, once the registry has logged ``count``
+    more: it writes its access line after answering, so a line can come after the answer."""
+    deadline = asyncio.get_running_loop().time() + LOG_WAIT_S
+    while len(requests := support.blob_requests(registry, digest)) < seen + count:
+        assert asyncio.get_running_loop().time() < deadline, "the registry logged no request"
+        await asyncio.sleep(0.05)
+    return requests[seen:]
+
+
 def client_for(reg: support.RunningRegistry) -> RegistryClient:
     return RegistryClient(HostsConfig.create(reg.hosts_dir()), retry=FAST)
 
@@ -35,16 +49,18 @@ def client_for(reg: support.RunningRegistry) -> RegistryClient:
 def test_a_suffix_range_gives_the_size_and_the_tail(registry: support.RunningRegistry) -> None:
     ref = Reference.parse(f"{registry.host}/tail/raw")
 
-    async def scenario() -> tuple[str, tuple[int, bytes], tuple[int, bytes]]:
+    async def scenario() -> tuple[list[str], tuple[int, bytes], tuple[int, bytes]]:
         async with client_for(registry) as client:
             digest = await client.push_blob(ref, BLOB)
-            return (digest, await client.read_blob_tail(ref, digest, 1000),
-                    await client.read_blob_tail(ref, digest, 1 << 20))
+            pushed = len(await logged_after(registry, digest, 0))  # its HEAD: is it there?
+            short = await client.read_blob_tail(ref, digest, 1000)
+            whole = await client.read_blob_tail(ref, digest, 1 << 20)
+            return await logged_after(registry, digest, pushed, count=2), short, whole
 
-    digest, short, whole = asyncio.run(scenario())
+    read, short, whole = asyncio.run(scenario())
     assert short == (len(BLOB), BLOB[-1000:])
     assert whole == (len(BLOB), BLOB)  # longer than the blob: all of it
-    assert support.blob_requests(registry, digest)[-2:] == ["GET", "GET"]  # no HEAD
+    assert read == ["GET", "GET"]  # no HEAD
 
 
 def test_a_layer_opens_with_one_request_and_no_head(registry: support.RunningRegistry,
@@ -56,12 +72,12 @@ def test_a_layer_opens_with_one_request_and_no_head(registry: support.RunningReg
     async def scenario() -> tuple[str, list[str], bytes]:
         async with client_for(registry) as client:
             digest = await client.push_blob(ref, built.path.read_bytes())
-            pushed = len(support.blob_requests(registry, digest))
+            pushed = len(await logged_after(registry, digest, 0))  # its HEAD: is it there?
             config = Config(no_background_fetch=True)
             async with LayerService(config, client,
                                     cache=TieredCache(MemoryCache(8 << 20))) as service:
                 layer = await service.acquire(ref, digest, built.result.toc_digest)
-                opened = support.blob_requests(registry, digest)[pushed:]
+                opened = await logged_after(registry, digest, pushed)
                 data = await layer.read("lib/m3.bin", 0, 20000)
                 await service.release(digest)
         return digest, opened, data
