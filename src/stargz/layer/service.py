@@ -64,10 +64,10 @@ K = TypeVar("K", str, tuple[str, str])
 # rather than held whole in memory ahead of it.
 MAX_FETCH_AHEAD = 32 << 20
 # Prefetch ranges fetched ahead, in all layers together, hold at most this many of the registry
-# client's range requests (8) at a time: the rest stay free for on-demand reads. With none
-# left, a read of another layer queued behind a slow prefetch (ctr's read of /etc/group waited
-# for a stalled one in test_prefetch_at_create).
-AHEAD_REQUESTS = 4
+# client's range requests (8) at a time: two stay free for on-demand reads. With none left, a
+# read of another layer queued behind a slow prefetch (ctr's read of /etc/group waited for a
+# stalled one in test_prefetch_at_create). A 4.5 MB range (python3 images) is 5 pieces.
+AHEAD_REQUESTS = 6
 OpenFetcher = Callable[[Reference, str, "int | None"], Awaitable[BlobFetcher]]
 
 
