@@ -210,11 +210,10 @@ class _Stalling:
 
     def __init__(self) -> None:
         self.go = anyio.Event()
-        self.in_flight = self.most_in_flight = 0
+        self.in_flight = 0
 
     async def fetch(self, ranges: list[Range]) -> list[bytes]:
         self.in_flight += 1
-        self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
             await self.go.wait()
         finally:
